@@ -1,0 +1,251 @@
+/*
+ * api.c — JSON endpoints: /health, /api/chat, /query, /projects, /stats,
+ * /metrics and the dispatch of /webhook/<tenant>/<name> to plugins.
+ */
+#include "kokoconf.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api.h"
+#include "kokod.h"
+#include "log.h"
+#include "pipeline.h"
+#include "util.h"
+
+#define MAX_MESSAGE_BYTES 16384
+
+void api_health(kokod *kd, koko_request *r)
+{
+    server_respond_json(r, 200, kokod_status(kd));
+}
+
+static int is_json_ctype(koko_request *r)
+{
+    const char *ct = server_req_header(r, "Content-Type");
+    return ct && strncasecmp(ct, "application/json", 16) == 0 && (ct[16] == '\0' || ct[16] == ';' || ct[16] == ' ');
+}
+
+/* Parse the body as a JSON object; answers R with 400 and returns NULL on failure. */
+static json_t *body_object(koko_request *r)
+{
+    if (!is_json_ctype(r)) {
+        server_respond_error(r, 400, "Content-Type must be application/json");
+        return NULL;
+    }
+    json_error_t je;
+    json_t *doc = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &je);
+    if (!doc) {
+        server_respond_error(r, 400, "invalid JSON at line %d, column %d: %s", je.line, je.column, je.text);
+        return NULL;
+    }
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        server_respond_error(r, 400, "the body must be a JSON object");
+        return NULL;
+    }
+    return doc;
+}
+
+typedef struct chat_ctx {
+    koko_request *r;
+    int legacy; /* /query: add the old context-manager's field names */
+    char *tenant;
+} chat_ctx;
+
+static double round2(double v) { return (double)(long long)(v * 100 + (v >= 0 ? 0.5 : -0.5)) / 100; }
+
+static void chat_done(const chat_answer *a, void *arg)
+{
+    chat_ctx *c = arg;
+    json_t *doc = json_pack("{s:s,s:s,s:O,s:f,s:b,s:s,s:s,s:f}", "reply", a->reply, "language", a->language,
+                            "sources", a->sources, "confidence", round2(a->confidence), "handoff", a->handoff,
+                            "backend", a->backend, "route", a->route, "latency_ms",
+                            (double)(long long)(a->latency_ms * 1000 + 0.5) / 1000);
+    if (a->handoff && a->handoff_reason)
+        json_object_set_new(doc, "handoff_reason", json_string(a->handoff_reason));
+    if (json_array_size(a->attempts))
+        json_object_set(doc, "attempts", a->attempts);
+    if (c->legacy) {
+        json_object_set_new(doc, "project_id", json_string(c->tenant));
+        json_object_set_new(doc, "response", json_string(a->reply));
+    }
+    server_respond_json(c->r, 200, doc);
+    free(c->tenant);
+    free(c);
+}
+
+static void chat_common(kokod *kd, koko_request *r, const char *tenant_key, const char *msg_key, int legacy)
+{
+    json_t *doc = body_object(r);
+    if (!doc)
+        return;
+    const json_t *jt = json_object_get(doc, tenant_key);
+    const json_t *jm = json_object_get(doc, msg_key);
+    const json_t *jc = json_object_get(doc, "conversation_id");
+    const json_t *jl = json_object_get(doc, "language");
+    if (!jt || !json_is_string(jt)) {
+        server_respond_error(r, 400, "\"%s\" is required and must be a string (the tenant name)", tenant_key);
+        goto out;
+    }
+    if (!gen_tenant(r->gen, json_string_value(jt))) {
+        server_respond_error(r, 404, "unknown tenant \"%s\"", json_string_value(jt));
+        goto out;
+    }
+    if (!jm || !json_is_string(jm)) {
+        server_respond_error(r, 400, "\"%s\" is required and must be a string", msg_key);
+        goto out;
+    }
+    const char *text = json_string_value(jm);
+    size_t tl = strlen(text);
+    size_t sp = strspn(text, " \t\r\n");
+    if (sp == tl) {
+        server_respond_error(r, 400, "\"%s\" is empty", msg_key);
+        goto out;
+    }
+    if (tl > MAX_MESSAGE_BYTES) {
+        server_respond_error(r, 400, "\"%s\" is %zu bytes, more than %d", msg_key, tl, MAX_MESSAGE_BYTES);
+        goto out;
+    }
+    if (jl && !json_is_string(jl)) {
+        server_respond_error(r, 400, "\"language\" must be a string such as \"hu\"");
+        goto out;
+    }
+    char convbuf[64];
+    const char *conv = NULL;
+    if (json_is_string(jc)) {
+        conv = json_string_value(jc);
+    } else if (json_is_integer(jc)) {
+        snprintf(convbuf, sizeof convbuf, "%lld", (long long)json_integer_value(jc));
+        conv = convbuf;
+    } else if (jc && !json_is_null(jc)) {
+        server_respond_error(r, 400, "\"conversation_id\" must be a string or a number");
+        goto out;
+    }
+    if (conv && strlen(conv) > 200) {
+        server_respond_error(r, 400, "\"conversation_id\" is longer than 200 bytes");
+        goto out;
+    }
+    chat_ctx *c = xcalloc(1, sizeof *c);
+    c->r = r;
+    c->legacy = legacy;
+    c->tenant = xstrdup(json_string_value(jt));
+    chat_input in = {.tenant = c->tenant, .text = text, .conversation_id = conv,
+                     .language = jl ? json_string_value(jl) : NULL, .channel = "api"};
+    pipeline_chat(kd->pipe, r->gen, &in, chat_done, c);
+out:
+    json_decref(doc);
+}
+
+void api_chat(kokod *kd, koko_request *r) { chat_common(kd, r, "tenant", "message", 0); }
+
+void api_query(kokod *kd, koko_request *r) { chat_common(kd, r, "project_id", "query", 1); }
+
+void api_projects(kokod *kd, koko_request *r)
+{
+    server_respond_json(r, 200, json_pack("{s:o}", "projects", kokod_tenants(kd)));
+}
+
+static double counter(const json_t *t, const char *k) { return json_number_value(json_object_get(t, k)); }
+
+void api_stats(kokod *kd, koko_request *r)
+{
+    json_t *tenants = json_object();
+    double q = 0, tok = 0, cached = 0, tin = 0, lat = 0, cost = 0;
+    const char *name;
+    json_t *c;
+    json_object_foreach(kd->stats, name, c)
+    {
+        double tq = counter(c, "queries"), ttok = counter(c, "tokens_in") + counter(c, "tokens_out");
+        double tcost = counter(c, "cost_usd");
+        json_object_set_new(tenants, name,
+                            json_pack("{s:I,s:I,s:f,s:f,s:f,s:O}", "total_queries", (json_int_t)tq, "total_tokens",
+                                      (json_int_t)ttok, "estimated_cost_usd", tcost, "cache_hit_rate",
+                                      counter(c, "tokens_in") > 0 ? counter(c, "tokens_cached") / counter(c, "tokens_in") : 0.0,
+                                      "avg_response_time_ms", tq > 0 ? counter(c, "latency_ms_sum") / tq : 0.0,
+                                      "counters", c));
+        q += tq;
+        tok += ttok;
+        cached += counter(c, "tokens_cached");
+        tin += counter(c, "tokens_in");
+        lat += counter(c, "latency_ms_sum");
+        cost += tcost;
+    }
+    server_respond_json(r, 200,
+                        json_pack("{s:I,s:I,s:f,s:f,s:f,s:o}", "total_queries", (json_int_t)q, "total_tokens",
+                                  (json_int_t)tok, "estimated_cost_usd", cost, "cache_hit_rate",
+                                  tin > 0 ? cached / tin : 0.0, "avg_response_time_ms", q > 0 ? lat / q : 0.0,
+                                  "tenants", tenants));
+}
+
+void api_metrics(kokod *kd, koko_request *r)
+{
+    strbuf sb = {0};
+    json_t *st = kokod_status(kd);
+    sb_printf(&sb, "# HELP koko_up 1 while kokod serves.\n# TYPE koko_up gauge\nkoko_up 1\n");
+    sb_printf(&sb, "# HELP koko_generation Current configuration generation.\n# TYPE koko_generation gauge\n"
+                   "koko_generation %lld\n", (long long)json_integer_value(json_object_get(st, "generation")));
+    sb_printf(&sb, "# HELP koko_uptime_seconds Seconds since start.\n# TYPE koko_uptime_seconds gauge\n"
+                   "koko_uptime_seconds %lld\n", (long long)json_integer_value(json_object_get(st, "uptime_s")));
+    sb_printf(&sb, "# HELP koko_reloads_total Reloads by outcome.\n# TYPE koko_reloads_total counter\n"
+                   "koko_reloads_total{outcome=\"ok\"} %llu\nkoko_reloads_total{outcome=\"failed\"} %llu\n",
+              (unsigned long long)kd->reloads_ok, (unsigned long long)kd->reloads_failed);
+    json_decref(st);
+    sb_printf(&sb, "# HELP koko_events_total Pipeline counters per tenant.\n# TYPE koko_events_total counter\n");
+    const char *tn;
+    json_t *c;
+    json_object_foreach(kd->stats, tn, c)
+    {
+        const char *k;
+        json_t *v;
+        json_object_foreach(c, k, v)
+        {
+            if (strcmp(k, "latency_ms_sum") == 0)
+                continue;
+            sb_printf(&sb, "koko_events_total{tenant=\"%s\",event=\"%s\"} %.17g\n", tn, k, json_number_value(v));
+        }
+    }
+    sb_printf(&sb, "# HELP koko_latency_ms_sum Sum of answer latencies.\n# TYPE koko_latency_ms_sum counter\n");
+    json_object_foreach(kd->stats, tn, c)
+        sb_printf(&sb, "koko_latency_ms_sum{tenant=\"%s\"} %.3f\n", tn, counter(c, "latency_ms_sum"));
+    server_respond_raw(r, 200, "text/plain; version=0.0.4", sb.buf ? sb.buf : "", sb.len);
+    sb_free(&sb);
+}
+
+/* /webhook/<tenant>/<name> → the route a plugin instance registered. */
+void api_webhook(kokod *kd, koko_request *r)
+{
+    (void)kd;
+    const char *rest = r->path + strlen("/webhook/");
+    const char *slash = strchr(rest, '/');
+    if (!slash || slash == rest || !slash[1] || strchr(slash + 1, '/')) {
+        server_respond_error(r, 404, "webhook paths are /webhook/<tenant>/<channel>");
+        return;
+    }
+    char tenant_name[128];
+    size_t tl = (size_t)(slash - rest);
+    if (tl >= sizeof tenant_name) {
+        server_respond_error(r, 404, "unknown tenant");
+        return;
+    }
+    memcpy(tenant_name, rest, tl);
+    tenant_name[tl] = '\0';
+    tenant *t = gen_tenant(r->gen, tenant_name);
+    if (!t) {
+        server_respond_error(r, 404, "unknown tenant \"%s\"", tenant_name);
+        return;
+    }
+    const char *name = slash + 1;
+    koko_instance **lists[] = {t->channels, t->tools};
+    size_t counts[] = {t->n_channels, t->n_tools};
+    for (size_t l = 0; l < 2; l++)
+        for (size_t i = 0; i < counts[l]; i++) {
+            const inst_route *ro = instance_route(lists[l][i], name);
+            if (ro) {
+                ro->fn(r, ro->arg);
+                return;
+            }
+        }
+    server_respond_error(r, 404, "tenant \"%s\" has no webhook \"%s\" (is the channel configured?)", tenant_name, name);
+}

@@ -1,0 +1,172 @@
+/*
+ * ctlcmd.c — what each kokoctl command does inside the daemon.
+ */
+#include "kokoconf.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ctlcmd.h"
+#include "kokod.h"
+#include "log.h"
+#include "pipeline.h"
+#include "router.h"
+#include "server.h"
+#include "util.h"
+
+typedef void (*cmd_fn)(struct kokod *kd, ctl_req *q, const json_t *args);
+
+static void cmd_status(kokod *kd, ctl_req *q, const json_t *args)
+{
+    (void)args;
+    json_t *st = kokod_status(kd);
+    json_object_set_new(st, "config", json_string(kd->config_path));
+    json_object_set_new(st, "pid", json_integer((json_int_t)getpid()));
+    if (kd->current) {
+        json_object_set_new(st, "listen", json_sprintf("%s:%d", kd->current->cfg->listen_host,
+                                                       kd->srv ? server_port(kd->srv) : kd->current->cfg->listen_port));
+        json_object_set_new(st, "generation_built_at", json_integer(kd->current->built_at));
+    }
+    control_ok(q, st);
+}
+
+static void cmd_reload(kokod *kd, ctl_req *q, const json_t *args)
+{
+    (void)args;
+    diag *d = diag_new();
+    json_t *changes = NULL;
+    if (kokod_reload(kd, d, &changes) != 0) {
+        json_t *errs = json_array();
+        for (size_t i = 0; i < diag_count(d); i++)
+            json_array_append_new(errs, json_string(diag_get(d, i)));
+        char msg[128];
+        snprintf(msg, sizeof msg, "reload refused (%zu problem(s)); generation %llu keeps serving", diag_count(d),
+                 (unsigned long long)(kd->current ? kd->current->id : 0));
+        control_fail(q, msg, errs);
+    } else {
+        control_ok(q, changes);
+    }
+    diag_free(d);
+}
+
+static void cmd_plugins(kokod *kd, ctl_req *q, const json_t *args)
+{
+    (void)args;
+    control_ok(q, kokod_plugins(kd));
+}
+
+static void cmd_tenants(kokod *kd, ctl_req *q, const json_t *args)
+{
+    (void)args;
+    control_ok(q, kokod_tenants(kd));
+}
+
+static tenant *need_tenant(kokod *kd, ctl_req *q, const json_t *args)
+{
+    const char *name = json_string_value(json_object_get(args, "tenant"));
+    if (!name) {
+        control_fail(q, "missing tenant name", NULL);
+        return NULL;
+    }
+    tenant *t = gen_tenant(kd->current, name);
+    if (!t) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "unknown tenant \"%s\" (see kokoctl tenants)", name);
+        control_fail(q, msg, NULL);
+    }
+    return t;
+}
+
+static void cmd_routes(kokod *kd, ctl_req *q, const json_t *args)
+{
+    tenant *t = need_tenant(kd, q, args);
+    if (!t)
+        return;
+    json_t *llm = json_array();
+    for (size_t i = 0; i < t->n_chain; i++)
+        json_array_append_new(llm, json_string(t->chain[i]->desc->name));
+    control_ok(q, json_pack("{s:s,s:o,s:{s:o}}", "tenant", t->name, "routes", router_describe(t->router), "default",
+                            "llm", llm));
+}
+
+static void cmd_route(kokod *kd, ctl_req *q, const json_t *args)
+{
+    tenant *t = need_tenant(kd, q, args);
+    if (!t)
+        return;
+    const char *text = json_string_value(json_object_get(args, "text"));
+    const char *lang = json_string_value(json_object_get(args, "language"));
+    if (!lang)
+        lang = lang_choose(kd->lang, text ? text : "", text ? strlen(text) : 0, NULL, t->languages, t->n_languages);
+    route_input in = {.channel = json_string_value(json_object_get(args, "channel")),
+                      .inbox = json_string_value(json_object_get(args, "inbox")),
+                      .language = lang,
+                      .text = text ? text : ""};
+    if (!in.channel)
+        in.channel = "api";
+    size_t idx = 0;
+    const route *r = router_match(t->router, &in, &idx);
+    control_ok(q, json_pack("{s:s,s:s,s:s,s:o}", "tenant", t->name, "route", r ? r->name : "default", "language",
+                            lang ? lang : "", "evaluation", router_explain(t->router, &in)));
+}
+
+static void chat_done(const chat_answer *a, void *arg)
+{
+    ctl_req *q = arg;
+    json_t *doc = json_pack("{s:s,s:s,s:O,s:f,s:b,s:s,s:s,s:f}", "reply", a->reply, "language", a->language,
+                            "sources", a->sources, "confidence", a->confidence, "handoff", a->handoff, "backend",
+                            a->backend, "route", a->route, "latency_ms", a->latency_ms);
+    if (a->handoff_reason)
+        json_object_set_new(doc, "handoff_reason", json_string(a->handoff_reason));
+    if (json_array_size(a->attempts))
+        json_object_set(doc, "attempts", a->attempts);
+    control_ok(q, doc);
+}
+
+static void cmd_chat(kokod *kd, ctl_req *q, const json_t *args)
+{
+    tenant *t = need_tenant(kd, q, args);
+    if (!t)
+        return;
+    const char *text = json_string_value(json_object_get(args, "message"));
+    if (!text || !*text) {
+        control_fail(q, "missing message text", NULL);
+        return;
+    }
+    chat_input in = {.tenant = t->name, .text = text,
+                     .conversation_id = json_string_value(json_object_get(args, "conversation_id")),
+                     .language = json_string_value(json_object_get(args, "language")), .channel = "api"};
+    pipeline_chat(kd->pipe, kd->current, &in, chat_done, q);
+}
+
+static void cmd_stats(kokod *kd, ctl_req *q, const json_t *args)
+{
+    (void)args;
+    control_ok(q, json_deep_copy(kd->stats));
+}
+
+static const struct {
+    const char *name;
+    cmd_fn fn;
+} commands[] = {
+    {"status", cmd_status}, {"reload", cmd_reload}, {"plugins", cmd_plugins}, {"tenants", cmd_tenants},
+    {"routes", cmd_routes}, {"route", cmd_route},   {"chat", cmd_chat},       {"stats", cmd_stats},
+};
+
+void ctlcmd_dispatch(kokod *kd, ctl_req *q, const char *name, const json_t *args)
+{
+    if (!kd->current) {
+        control_fail(q, "kokod is stopping", NULL);
+        return;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (strcmp(commands[i].name, name) == 0) {
+            commands[i].fn(kd, q, args);
+            return;
+        }
+    char msg[256];
+    snprintf(msg, sizeof msg, "unknown command \"%s\" (known: status, reload, plugins, tenants, routes, route, chat, stats)",
+             name);
+    control_fail(q, msg, NULL);
+}

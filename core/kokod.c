@@ -1,0 +1,381 @@
+/*
+ * kokod.c — the daemon object: start-up, reload, graceful stop, counters
+ * and the status documents shared by /health and kokoctl.
+ */
+#include "kokoconf.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "control.h"
+#include "kokod.h"
+#include "log.h"
+#include "pipeline.h"
+#include "server.h"
+#include "util.h"
+
+static const char *const default_langs[] = {"hu", "en", "de", "fr", "es", "it", "ro", "sk", "pl", "cs", "nl", "pt"};
+
+/* Candidate languages: the common European set plus every tenant's. */
+static char *lang_key(const core_config *c, const char **v, size_t *n, size_t cap)
+{
+    *n = 0;
+    for (size_t i = 0; i < sizeof default_langs / sizeof *default_langs; i++)
+        v[(*n)++] = default_langs[i];
+    for (size_t t = 0; t < c->n_tenants; t++)
+        for (size_t l = 0; l < c->tenants[t].n_languages && *n < cap; l++) {
+            int dup = 0;
+            for (size_t k = 0; k < *n; k++)
+                dup |= strcmp(v[k], c->tenants[t].languages[l]) == 0;
+            if (!dup)
+                v[(*n)++] = c->tenants[t].languages[l];
+        }
+    strbuf sb = {0};
+    for (size_t i = 0; i < *n; i++)
+        sb_printf(&sb, "%s,", v[i]);
+    return sb_take(&sb);
+}
+
+static char *current_lang_key;
+
+static void ensure_lang(kokod *kd, const core_config *c)
+{
+    const char *v[LANG_MAX_CANDIDATES];
+    size_t n;
+    char *key = lang_key(c, v, &n, LANG_MAX_CANDIDATES);
+    if (kd->lang && current_lang_key && strcmp(key, current_lang_key) == 0) {
+        free(key);
+        return;
+    }
+    char err[512];
+    lang_detector *ld = lang_new(NULL, v, n, err, sizeof err);
+    if (!ld) {
+        log_warn("core", "language detection unavailable: %s (answering in each tenant's first language)", err);
+        free(key);
+        return;
+    }
+    lang_free(kd->lang);
+    kd->lang = ld;
+    free(current_lang_key);
+    current_lang_key = key;
+}
+
+static void on_posted(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    kokod *kd = arg;
+    pthread_mutex_lock(&kd->post_lock);
+    post_item *list = kd->posted;
+    kd->posted = kd->posted_tail = NULL;
+    pthread_mutex_unlock(&kd->post_lock);
+    while (list) {
+        post_item *next = list->next;
+        list->fn(list->arg);
+        free(list);
+        list = next;
+    }
+}
+
+kokod *kokod_new(const char *config_path, const char *const *extra, size_t nextra, diag *d)
+{
+    kokod *kd = xcalloc(1, sizeof *kd);
+    kd->config_path = xstrdup(config_path);
+    kd->extra_path = xcalloc(nextra + 1, sizeof *kd->extra_path);
+    for (size_t i = 0; i < nextra; i++)
+        kd->extra_path[i] = xstrdup(extra[i]);
+    kd->n_extra = nextra;
+    kd->started_at = util_unix_time();
+    kd->started_ms = util_now_ms();
+    kd->stats = json_object();
+    kd->next_gen = 1;
+    pthread_mutex_init(&kd->post_lock, NULL);
+    kd->base = event_base_new();
+    char err[512];
+    kd->http = kd->base ? httpc_new(kd->base, err, sizeof err) : NULL;
+    if (!kd->http) {
+        diag_add(d, NULL, 0, 0, NULL, "cannot start the event loop: %s", kd->base ? err : "event_base_new failed");
+        kokod_free(kd);
+        return NULL;
+    }
+    kd->post_ev = event_new(kd->base, -1, EV_PERSIST | EV_READ, on_posted, kd);
+    kd->loader = loader_new(NULL);
+    kd->pipe = pipeline_new(kd);
+    core_config *cfg = config_load(config_path, extra, nextra, kd->loader, d);
+    if (!cfg) {
+        kokod_free(kd);
+        return NULL;
+    }
+    if (cfg->log_level)
+        log_set_level((koko_log_level)log_level_parse(cfg->log_level));
+    util_mkdir_p(cfg->state_dir, 0700);
+    ensure_lang(kd, cfg);
+    kd->current = gen_build(kd, kd->next_gen, cfg, NULL, d);
+    if (!kd->current) {
+        kokod_free(kd);
+        return NULL;
+    }
+    kd->next_gen++;
+    return kd;
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    kokod *kd = arg;
+    if (sig == SIGHUP) {
+        log_info("core", "SIGHUP: reloading %s", kd->config_path);
+        diag *d = diag_new();
+        json_t *changes = NULL;
+        if (kokod_reload(kd, d, &changes) != 0) {
+            for (size_t i = 0; i < diag_count(d); i++)
+                log_error("config", "%s", diag_get(d, i));
+        }
+        json_decref(changes);
+        diag_free(d);
+        return;
+    }
+    log_info("core", "%s: stopping gracefully", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    kokod_stop(kd);
+}
+
+int kokod_listen(kokod *kd, char *err, size_t errlen)
+{
+    const core_config *c = kd->current->cfg;
+    kd->srv = server_new(kd, c->listen_host, c->listen_port, err, errlen);
+    if (!kd->srv)
+        return -1;
+    kd->ctl = control_new(kd, c->control_path, err, errlen);
+    if (!kd->ctl)
+        return -1;
+    kd->sig_hup = evsignal_new(kd->base, SIGHUP, on_signal, kd);
+    kd->sig_term = evsignal_new(kd->base, SIGTERM, on_signal, kd);
+    kd->sig_int = evsignal_new(kd->base, SIGINT, on_signal, kd);
+    event_add(kd->sig_hup, NULL);
+    event_add(kd->sig_term, NULL);
+    event_add(kd->sig_int, NULL);
+    log_info("core", "kokod %s listening on http://%s:%d (control %s), generation %llu, %zu tenant(s)",
+             PACKAGE_VERSION, c->listen_host, server_port(kd->srv), c->control_path,
+             (unsigned long long)kd->current->id, kd->current->n_tenants);
+    return 0;
+}
+
+int kokod_run(kokod *kd)
+{
+    event_base_dispatch(kd->base);
+    return 0;
+}
+
+int kokod_reload(kokod *kd, diag *d, json_t **changes)
+{
+    double t0 = util_now_ms_f();
+    *changes = NULL;
+    if (kd->stopping) {
+        diag_add(d, NULL, 0, 0, NULL, "kokod is stopping; reload refused");
+        return -1;
+    }
+    core_config *cfg = config_load(kd->config_path, (const char *const *)kd->extra_path, kd->n_extra, kd->loader, d);
+    generation *g = NULL;
+    if (cfg) {
+        ensure_lang(kd, cfg);
+        g = gen_build(kd, kd->next_gen, cfg, kd->current, d);
+    }
+    if (!g) {
+        kd->reloads_failed++;
+        log_error("core", "reload refused (%zu problem(s)); generation %llu keeps serving", diag_count(d),
+                  (unsigned long long)kd->current->id);
+        return -1;
+    }
+    kd->next_gen++;
+    generation *old = kd->current;
+    *changes = gen_diff(old, g);
+    if (strcmp(old->cfg->listen_host, cfg->listen_host) != 0 || old->cfg->listen_port != cfg->listen_port)
+        log_warn("core", "server.listen changed to %s:%d: the listening socket stays on %s:%d until kokod restarts",
+                 cfg->listen_host, cfg->listen_port, old->cfg->listen_host, old->cfg->listen_port);
+    if (strcmp(old->cfg->control_path, cfg->control_path) != 0)
+        log_warn("core", "server.control changed: the control socket stays at %s until kokod restarts",
+                 old->cfg->control_path);
+    if (cfg->log_level)
+        log_set_level((koko_log_level)log_level_parse(cfg->log_level));
+    kd->current = g;
+    if (kd->srv)
+        server_set_max_body(kd->srv, cfg->max_body);
+    json_object_set_new(*changes, "generation", json_integer((json_int_t)g->id));
+    json_object_set_new(*changes, "build_ms", json_real(util_now_ms_f() - t0));
+    gen_release(old);
+    kd->reloads_ok++;
+    char *s = json_dumps(*changes, JSON_COMPACT);
+    log_info("core", "reloaded: generation %llu serving (%s)", (unsigned long long)g->id, s ? s : "");
+    free(s);
+    return 0;
+}
+
+/* ---- graceful stop ---- */
+
+static void stop_poll(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    kokod *kd = arg;
+    uint64_t deadline = kd->started_ms; /* reused: the stop deadline */
+    int late = util_now_ms() >= deadline;
+    size_t busy = (kd->srv ? server_inflight(kd->srv) : 0) + pipeline_inflight(kd->pipe);
+    if (kd->current && (busy == 0 || late)) {
+        if (busy)
+            log_warn("core", "drain deadline reached with %zu request(s) in flight", busy);
+        generation *g = kd->current;
+        kd->current = NULL;
+        gen_release(g);
+    }
+    if (!kd->current && (instance_draining() == 0 || util_now_ms() >= deadline + 2000)) {
+        event_base_loopbreak(kd->base);
+        return;
+    }
+    struct timeval tv = {0, 20000};
+    event_add(kd->stop_ev, &tv);
+}
+
+void kokod_stop(kokod *kd)
+{
+    if (kd->stopping)
+        return;
+    kd->stopping = 1;
+    if (kd->srv)
+        server_close_listener(kd->srv);
+    unsigned drain = kd->current ? kd->current->cfg->drain_ms : CONFIG_DEFAULT_DRAIN_MS;
+    kd->started_ms = util_now_ms() + drain;
+    kd->stop_ev = evtimer_new(kd->base, stop_poll, kd);
+    struct timeval tv = {0, 0};
+    event_add(kd->stop_ev, &tv);
+}
+
+void kokod_free(kokod *kd)
+{
+    if (!kd)
+        return;
+    if (kd->current)
+        gen_release(kd->current);
+    kd->current = NULL;
+    /* run the loop until retired instances are destroyed (bounded) */
+    for (int i = 0; i < 500 && instance_draining() > 0 && kd->base; i++)
+        event_base_loop(kd->base, EVLOOP_ONCE);
+    server_free(kd->srv);
+    control_free(kd->ctl);
+    pipeline_free(kd->pipe);
+    if (kd->http)
+        httpc_free(kd->http);
+    loader_free(kd->loader);
+    lang_free(kd->lang);
+    free(current_lang_key);
+    current_lang_key = NULL;
+    if (kd->post_ev)
+        event_free(kd->post_ev);
+    if (kd->sig_hup) {
+        event_free(kd->sig_hup);
+        event_free(kd->sig_term);
+        event_free(kd->sig_int);
+    }
+    if (kd->stop_ev)
+        event_free(kd->stop_ev);
+    if (kd->base)
+        event_base_free(kd->base);
+    pthread_mutex_destroy(&kd->post_lock);
+    on_posted(0, 0, kd); /* nothing may be left; free what is */
+    json_decref(kd->stats);
+    for (size_t i = 0; i < kd->n_extra; i++)
+        free(kd->extra_path[i]);
+    free(kd->extra_path);
+    free(kd->config_path);
+    free(kd);
+}
+
+/* ---- counters and status ---- */
+
+void kokod_count(kokod *kd, const char *tenant_name, const char *counter, double delta)
+{
+    json_t *t = json_object_get(kd->stats, tenant_name);
+    if (!t) {
+        t = json_object();
+        json_object_set_new(kd->stats, tenant_name, t);
+    }
+    json_t *v = json_object_get(t, counter);
+    json_object_set_new(t, counter, json_real(json_number_value(v) + delta));
+}
+
+json_t *kokod_status(kokod *kd)
+{
+    json_t *plugins = json_array();
+    const generation *g = kd->current;
+    for (size_t i = 0; g && i < g->cfg->n_libs; i++)
+        json_array_append_new(plugins, json_string(g->cfg->libs[i]->name));
+    return json_pack("{s:s,s:s,s:I,s:I,s:o,s:I,s:I,s:{s:I,s:I},s:I}", "status", kd->stopping ? "stopping" : "ok",
+                     "version", PACKAGE_VERSION, "generation", (json_int_t)(g ? g->id : 0), "uptime_s",
+                     (json_int_t)(util_unix_time() - kd->started_at), "plugins", plugins, "tenants",
+                     (json_int_t)(g ? g->n_tenants : 0), "inflight",
+                     (json_int_t)((kd->srv ? server_inflight(kd->srv) : 0) + pipeline_inflight(kd->pipe)),
+                     "reloads", "ok", (json_int_t)kd->reloads_ok, "failed", (json_int_t)kd->reloads_failed,
+                     "generations_alive", (json_int_t)gen_alive());
+}
+
+json_t *kokod_plugins(kokod *kd)
+{
+    json_t *out = json_array();
+    const generation *g = kd->current;
+    for (size_t i = 0; g && i < g->cfg->n_libs; i++) {
+        const plugin_lib *l = g->cfg->libs[i];
+        json_t *tenants = json_array();
+        for (size_t t = 0; t < g->n_tenants; t++) {
+            const tenant *tn = &g->tenants[t];
+            koko_instance **lists[] = {tn->channels, tn->backends, tn->tools};
+            size_t counts[] = {tn->n_channels, tn->n_backends, tn->n_tools};
+            for (size_t k = 0; k < 3; k++)
+                for (size_t j = 0; j < counts[k]; j++)
+                    if (lists[k][j]->lib == l)
+                        json_array_append_new(tenants, json_string(tn->name));
+        }
+        char abi[16];
+        snprintf(abi, sizeof abi, "%u.%u", l->desc->abi_major, l->desc->abi_minor);
+        json_array_append_new(out, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}", "name", l->name, "kind",
+                                             loader_kind_name(l->desc->kind), "version",
+                                             l->desc->version ? l->desc->version : "", "description",
+                                             l->desc->description ? l->desc->description : "", "abi", abi, "file",
+                                             l->path, "hash", l->hash, "tenants", tenants));
+    }
+    return out;
+}
+
+static json_t *inst_names(koko_instance *const *v, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, json_string(v[i]->desc->name));
+    return a;
+}
+
+json_t *kokod_tenants(kokod *kd)
+{
+    json_t *out = json_array();
+    const generation *g = kd->current;
+    for (size_t i = 0; g && i < g->n_tenants; i++) {
+        const tenant *t = &g->tenants[i];
+        json_t *langs = json_array();
+        for (size_t l = 0; l < t->n_languages; l++)
+            json_array_append_new(langs, json_string(t->languages[l]));
+        json_t *kbd = json_pack("{s:I,s:I,s:I,s:s}", "files", (json_int_t)(t->kb ? kb_file_count(t->kb) : 0),
+                               "chunks", (json_int_t)(t->kb ? kb_chunk_count(t->kb) : 0), "bytes",
+                               (json_int_t)(t->kb ? kb_bytes(t->kb) : 0), "hash", t->kb ? kb_hash(t->kb) : "");
+        json_array_append_new(out, json_pack("{s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:I}", "name", t->name, "languages",
+                                             langs, "llm", inst_names(t->chain, t->n_chain), "channels",
+                                             inst_names(t->channels, t->n_channels), "tools",
+                                             inst_names(t->tools, t->n_tools), "kb", kbd, "persona",
+                                             json_string(json_string_value(json_object_get(t->persona, "name"))
+                                                             ? json_string_value(json_object_get(t->persona, "name"))
+                                                             : ""),
+                                             "routes", (json_int_t)(t->router ? t->router->n : 0)));
+    }
+    return out;
+}

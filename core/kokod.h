@@ -1,0 +1,84 @@
+/*
+ * kokod.h — the daemon: one event loop and what lives as long as the process.
+ *
+ * Holds the event_base, the shared HTTP client, the plugin loader, the
+ * current generation, the listening HTTP server and the control socket, and
+ * the counters that must survive reloads. Everything here runs on the loop
+ * thread; the only entry from other threads is koko_host.post.
+ */
+#ifndef CORE_KOKOD_H
+#define CORE_KOKOD_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <event2/event.h>
+#include <jansson.h>
+
+#include "diag.h"
+#include "gen.h"
+#include "httpc.h"
+#include "lang.h"
+#include "loader.h"
+
+struct server;
+struct control;
+struct pipeline;
+
+typedef struct post_item {
+    koko_post_fn fn;
+    void *arg;
+    struct post_item *next;
+} post_item;
+
+typedef struct kokod {
+    struct event_base *base;
+    httpc *http;
+    loader *loader;
+    lang_detector *lang;
+    generation *current;
+    uint64_t next_gen;
+    char *config_path;
+    char **extra_path;       /* -P / KOKO_PLUGIN_PATH */
+    size_t n_extra;
+    struct server *srv;
+    struct control *ctl;
+    struct pipeline *pipe;
+    int64_t started_at;      /* unix time */
+    uint64_t started_ms;     /* monotonic */
+    int stopping;
+    uint64_t reloads_ok, reloads_failed;
+    json_t *stats;           /* per tenant counters, survive reloads */
+    /* post(): the one thread-safe entry */
+    pthread_mutex_t post_lock;
+    post_item *posted, *posted_tail;
+    struct event *post_ev;
+    struct event *sig_hup, *sig_term, *sig_int;
+    struct event *stop_ev;
+} kokod;
+
+/* Create the daemon: load CONFIG_PATH and build generation 1; NULL with D. */
+kokod *kokod_new(const char *config_path, const char *const *extra, size_t nextra, diag *d);
+/* Open the HTTP listener and the control socket, install signal handlers. */
+int kokod_listen(kokod *kd, char *err, size_t errlen);
+int kokod_run(kokod *kd);
+void kokod_free(kokod *kd);
+
+/*
+ * Reload: build a new generation from the config file beside the current
+ * one; on success swap and return 0 with a summary in *CHANGES (caller
+ * decrefs); on failure return -1 with every problem in D, the current
+ * generation untouched.
+ */
+int kokod_reload(kokod *kd, diag *d, json_t **changes);
+/* Begin a graceful stop: stop accepting, drain, leave the loop. */
+void kokod_stop(kokod *kd);
+
+/* Counters: kokod_count(kd, "demo", "answered", 1). */
+void kokod_count(kokod *kd, const char *tenant_name, const char *counter, double delta);
+/* Status document used by /health, kokoctl status. Caller decrefs. */
+json_t *kokod_status(kokod *kd);
+/* Plugin list, tenant list (kokoctl plugins / tenants, /projects). Caller decrefs. */
+json_t *kokod_plugins(kokod *kd);
+json_t *kokod_tenants(kokod *kd);
+
+#endif

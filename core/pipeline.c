@@ -1,0 +1,756 @@
+/*
+ * pipeline.c — route, enrich, generate, decide; answer or deliver.
+ *
+ * A job walks the LLM chain one backend at a time. Each backend gets a
+ * deadline from the core as well as its own timeouts; a backend that misses
+ * it is recorded as failed and the next one is asked, and its late answer is
+ * ignored when it comes (the job lives until every call it made has called
+ * back). If the whole chain fails, the core itself answers with the
+ * persona's holding message and hands off — a customer is never left with
+ * nothing.
+ */
+#include "kokoconf.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <event2/event.h>
+
+#include "kokod.h"
+#include "log.h"
+#include "memory.h"
+#include "pipeline.h"
+#include "router.h"
+#include "text.h"
+#include "util.h"
+
+#define MAX_HITS 5
+#define EXCERPT_CHARS 600
+#define STEP_DEADLINE_MS 60000
+#define CONV_CAP 100000
+#define DEDUP_CAP 200000
+#define DEDUP_TTL_S (24 * 3600)
+
+/* ---- conversations: small chained hash + LRU list ---- */
+
+typedef struct conv {
+    char *key;
+    char lang[8];
+    koko_turn *turns; /* oldest first; role static, text owned */
+    size_t n_turns;
+    struct conv *hnext;         /* hash chain */
+    struct conv *lru_prev, *lru_next;
+} conv;
+
+typedef struct dedup {
+    char *key;
+    int64_t at;
+    struct dedup *hnext;
+    struct dedup *next; /* insertion order, oldest first */
+} dedup;
+
+#define NBUCKETS 65536
+
+struct pipeline {
+    kokod *kd;
+    conv *buckets[NBUCKETS];
+    conv *lru_head, *lru_tail; /* head = most recent */
+    size_t n_convs;
+    dedup *dbuckets[NBUCKETS];
+    dedup *d_oldest, *d_newest;
+    size_t n_dedup;
+    size_t inflight;
+};
+
+static size_t bucket_of(const char *key) { return (size_t)(util_fnv1a64(key, strlen(key)) & (NBUCKETS - 1)); }
+
+static void lru_unlink(pipeline *p, conv *c)
+{
+    if (c->lru_prev)
+        c->lru_prev->lru_next = c->lru_next;
+    else
+        p->lru_head = c->lru_next;
+    if (c->lru_next)
+        c->lru_next->lru_prev = c->lru_prev;
+    else
+        p->lru_tail = c->lru_prev;
+    c->lru_prev = c->lru_next = NULL;
+}
+
+static void lru_push(pipeline *p, conv *c)
+{
+    c->lru_next = p->lru_head;
+    if (p->lru_head)
+        p->lru_head->lru_prev = c;
+    p->lru_head = c;
+    if (!p->lru_tail)
+        p->lru_tail = c;
+}
+
+static void conv_free(conv *c)
+{
+    for (size_t i = 0; i < c->n_turns; i++)
+        free((char *)c->turns[i].text);
+    free(c->turns);
+    free(c->key);
+    free(c);
+}
+
+static void conv_remove(pipeline *p, conv *c)
+{
+    conv **pp = &p->buckets[bucket_of(c->key)];
+    while (*pp != c)
+        pp = &(*pp)->hnext;
+    *pp = c->hnext;
+    lru_unlink(p, c);
+    p->n_convs--;
+    conv_free(c);
+}
+
+static conv *conv_get(pipeline *p, const char *key, int create)
+{
+    size_t b = bucket_of(key);
+    for (conv *c = p->buckets[b]; c; c = c->hnext)
+        if (strcmp(c->key, key) == 0) {
+            lru_unlink(p, c);
+            lru_push(p, c);
+            return c;
+        }
+    if (!create)
+        return NULL;
+    if (p->n_convs >= CONV_CAP)
+        conv_remove(p, p->lru_tail);
+    conv *c = xcalloc(1, sizeof *c);
+    c->key = xstrdup(key);
+    c->hnext = p->buckets[b];
+    p->buckets[b] = c;
+    lru_push(p, c);
+    p->n_convs++;
+    return c;
+}
+
+static void conv_add_turn(conv *c, const char *role, const char *text, unsigned keep)
+{
+    if (keep == 0)
+        return;
+    if (c->n_turns >= keep * 2) {
+        free((char *)c->turns[0].text);
+        memmove(c->turns, c->turns + 1, (c->n_turns - 1) * sizeof *c->turns);
+        c->n_turns--;
+    }
+    c->turns = realloc(c->turns, (c->n_turns + 1) * sizeof *c->turns);
+    c->turns[c->n_turns].role = role;
+    c->turns[c->n_turns].text = xstrdup(text);
+    c->n_turns++;
+}
+
+/* ---- de-duplication of channel messages ---- */
+
+static void dedup_expire(pipeline *p, int64_t now)
+{
+    while (p->d_oldest && (p->n_dedup > DEDUP_CAP || now - p->d_oldest->at > DEDUP_TTL_S)) {
+        dedup *d = p->d_oldest;
+        dedup **pp = &p->dbuckets[bucket_of(d->key)];
+        while (*pp != d)
+            pp = &(*pp)->hnext;
+        *pp = d->hnext;
+        p->d_oldest = d->next;
+        if (!p->d_oldest)
+            p->d_newest = NULL;
+        free(d->key);
+        free(d);
+        p->n_dedup--;
+    }
+}
+
+/* 1 when KEY was seen (and records it when not). */
+static int dedup_seen(pipeline *p, const char *key)
+{
+    int64_t now = util_unix_time();
+    dedup_expire(p, now);
+    size_t b = bucket_of(key);
+    for (dedup *d = p->dbuckets[b]; d; d = d->hnext)
+        if (strcmp(d->key, key) == 0)
+            return 1;
+    dedup *d = xcalloc(1, sizeof *d);
+    d->key = xstrdup(key);
+    d->at = now;
+    d->hnext = p->dbuckets[b];
+    p->dbuckets[b] = d;
+    if (p->d_newest)
+        p->d_newest->next = d;
+    else
+        p->d_oldest = d;
+    p->d_newest = d;
+    p->n_dedup++;
+    return 0;
+}
+
+/* ---- jobs ---- */
+
+typedef struct job {
+    pipeline *p;
+    generation *g;
+    tenant *t;
+    char *text, *conv_id, *channel, *inbox, *hint, *conv_key;
+    const char *language;
+    const route *route;
+    const kb *kb;
+    const json_t *persona;
+    kb_hit hits[MAX_HITS];
+    size_t n_hits;
+    koko_chunk chunks[MAX_HITS];
+    char *excerpts[MAX_HITS];
+    koko_turn *history; /* copy of the conversation's turns */
+    size_t n_history;
+    json_t *tools;
+    koko_instance **chain;
+    size_t n_chain, step;
+    int want_handoff;
+    const char *human_reason;
+    json_t *attempts;
+    int calls;          /* generate calls not yet called back */
+    int finished;
+    struct event *deadline;
+    double started;
+    chat_fn done;
+    void *arg;
+    /* a channel message being answered */
+    koko_instance *channel_inst;
+    koko_msg msg;
+    json_t *msg_meta;
+    char *msg_strs[8];
+} job;
+
+/* One generate() call; its answer counts only while the job is still at
+ * that step (a deadline may have moved it on). */
+typedef struct step_call {
+    job *j;
+    size_t step;
+} step_call;
+
+static void job_free(job *j)
+{
+    free(j->text);
+    free(j->conv_id);
+    free(j->channel);
+    free(j->inbox);
+    free(j->hint);
+    free(j->conv_key);
+    for (size_t i = 0; i < MAX_HITS; i++)
+        free(j->excerpts[i]);
+    for (size_t i = 0; i < j->n_history; i++)
+        free((char *)j->history[i].text);
+    free(j->history);
+    json_decref(j->tools);
+    json_decref(j->attempts);
+    json_decref(j->msg_meta);
+    for (size_t i = 0; i < 8; i++)
+        free(j->msg_strs[i]);
+    if (j->deadline)
+        event_free(j->deadline);
+    j->p->inflight--;
+    gen_release(j->g);
+    free(j);
+}
+
+static void job_maybe_free(job *j)
+{
+    if (j->finished && j->calls == 0)
+        job_free(j);
+}
+
+static const char *const hu_phrases[] = {"emberrel", "egy ember", "élő ember", "ügyintéző", "ügyintézővel",
+                                         "kollégával", "kollegaval", "munkatárssal", "operátor",
+                                         "valakivel beszél", "személyesen beszél", NULL};
+static const char *const en_phrases[] = {"human", "real person", "talk to someone", "speak to someone",
+                                         "an agent", "live agent", "operator", "representative",
+                                         "talk to a person", "speak to a person", NULL};
+static const char *const de_phrases[] = {"mensch", "mitarbeiter", "echte person", "berater", NULL};
+
+static const char *const *builtin_phrases(const char *lang)
+{
+    if (strcmp(lang, "hu") == 0)
+        return hu_phrases;
+    if (strcmp(lang, "en") == 0)
+        return en_phrases;
+    if (strcmp(lang, "de") == 0)
+        return de_phrases;
+    return NULL;
+}
+
+/* Does the customer ask for a human, in any of the tenant's languages? */
+static int asks_for_human(const tenant *t, const char *text)
+{
+    char *norm = router_normalise(text);
+    int hit = 0;
+    for (size_t l = 0; l < t->n_languages && !hit; l++) {
+        const json_t *conf = json_object_get(t->handoff_phrases, t->languages[l]);
+        if (conf) {
+            size_t i;
+            json_t *v;
+            json_array_foreach(conf, i, v)
+            {
+                char *ph = router_normalise(json_string_value(v));
+                hit |= router_phrase_in(norm, ph);
+                free(ph);
+            }
+            continue;
+        }
+        const char *const *b = builtin_phrases(t->languages[l]);
+        for (size_t i = 0; b && b[i] && !hit; i++) {
+            char *ph = router_normalise(b[i]);
+            hit |= router_phrase_in(norm, ph);
+            free(ph);
+        }
+    }
+    free(norm);
+    return hit;
+}
+
+static size_t search_into(job *j, const char *query, kb_hit *out)
+{
+    return j->kb ? kb_search(j->kb, query, out, MAX_HITS) : 0;
+}
+
+/* Retrieval, with the previous question as context for short follow-ups and
+ * passages in the customer's language preferred among close scores. */
+static void retrieve(job *j)
+{
+    j->n_hits = search_into(j, j->text, j->hits);
+    double best_cov = j->n_hits ? j->hits[0].coverage : 0;
+    if (best_cov < KB_DEFAULT_MIN_COVERAGE) {
+        const char *prev = NULL;
+        for (size_t i = j->n_history; i-- > 0;)
+            if (strcmp(j->history[i].role, "user") == 0) {
+                prev = j->history[i].text;
+                break;
+            }
+        if (prev) {
+            char *q = util_asprintf("%s %s", prev, j->text);
+            kb_hit alt[MAX_HITS];
+            size_t n = search_into(j, q, alt);
+            if (n && alt[0].coverage > best_cov && alt[0].score >= (j->n_hits ? j->hits[0].score : 0)) {
+                memcpy(j->hits, alt, n * sizeof *alt);
+                j->n_hits = n;
+            }
+            free(q);
+        }
+    }
+    /* stable: same-language passages within 60 % of the best score go first */
+    if (j->n_hits > 1) {
+        kb_hit first[MAX_HITS], rest[MAX_HITS];
+        size_t nf = 0, nr = 0;
+        double top = j->hits[0].score;
+        for (size_t i = 0; i < j->n_hits; i++) {
+            const char *cl = tenant_chunk_lang(j->t, j->kb, j->hits[i].chunk);
+            int same = !cl || strcmp(cl, j->language) == 0;
+            if (same && j->hits[i].score >= 0.6 * top)
+                first[nf++] = j->hits[i];
+            else
+                rest[nr++] = j->hits[i];
+        }
+        if (nf) {
+            memcpy(j->hits, first, nf * sizeof *first);
+            memcpy(j->hits + nf, rest, nr * sizeof *rest);
+        }
+    }
+    for (size_t i = 0; i < j->n_hits; i++) {
+        const kb_chunk *c = j->hits[i].chunk;
+        j->excerpts[i] = kb_excerpt(j->kb, c, j->text, EXCERPT_CHARS);
+        j->chunks[i] = (koko_chunk){.file = c->file, .heading = c->heading, .text = c->text,
+                                    .excerpt = j->excerpts[i], .score = j->hits[i].score,
+                                    .coverage = j->hits[i].coverage};
+    }
+}
+
+static void record_turns(job *j, const char *reply)
+{
+    if (!j->conv_key)
+        return;
+    conv *c = conv_get(j->p, j->conv_key, 1);
+    snprintf(c->lang, sizeof c->lang, "%s", j->language);
+    conv_add_turn(c, "user", j->text, j->t->history_turns);
+    if (reply && *reply)
+        conv_add_turn(c, "assistant", reply, j->t->history_turns);
+}
+
+static void deliver_result(job *j, const chat_answer *a);
+
+static void finish(job *j, const koko_llm_result *res, const char *backend)
+{
+    kokod *kd = j->p->kd;
+    j->finished = 1;
+    if (j->deadline)
+        event_del(j->deadline);
+    const char *holding_dflt = strcmp(j->language, "hu") == 0
+                                   ? "Köszönöm a kérdését, kollégánk hamarosan válaszol."
+                                   : "Thank you for your question, a colleague will reply shortly.";
+    chat_answer a = {0};
+    a.language = j->language;
+    a.route = j->route ? j->route->name : "default";
+    a.attempts = j->attempts;
+    a.sources = json_array();
+    if (res) {
+        a.reply = res->text ? res->text : "";
+        a.backend = backend;
+        a.handoff = res->handoff;
+        a.handoff_reason = res->handoff ? (res->handoff_reason ? res->handoff_reason : "the backend asked for a human")
+                                         : NULL;
+        double retrieval = j->n_hits ? j->hits[0].coverage : 0.0;
+        a.confidence = res->confidence >= 0 ? res->confidence : retrieval;
+        for (size_t i = 0; i < res->n_cited; i++) {
+            size_t k = res->cited[i];
+            if (k < j->n_hits)
+                json_array_append_new(a.sources, json_pack("{s:s,s:s,s:f}", "file", j->chunks[k].file, "heading",
+                                                           j->chunks[k].heading, "score",
+                                                           (double)((long long)(j->chunks[k].score * 100 + 0.5)) / 100));
+        }
+        if (!a.handoff && j->want_handoff) {
+            a.handoff = 1;
+            a.handoff_reason = j->human_reason;
+        }
+        if (!a.handoff && a.confidence < j->t->min_confidence) {
+            a.handoff = 1;
+            a.handoff_reason = "confidence below the tenant's handoff.min_confidence";
+        }
+    } else {
+        a.reply = memory_text(j->persona, "holding", j->language, j->t->languages, j->t->n_languages, holding_dflt);
+        a.backend = "none";
+        a.handoff = 1;
+        a.handoff_reason = "every backend in the chain failed";
+        a.confidence = 0;
+    }
+    a.latency_ms = util_now_ms_f() - j->started;
+    record_turns(j, a.reply);
+
+    kokod_count(kd, j->t->name, "queries", 1);
+    kokod_count(kd, j->t->name, a.handoff ? "handed_off" : "answered", 1);
+    if (!res)
+        kokod_count(kd, j->t->name, "failed", 1);
+    kokod_count(kd, j->t->name, "latency_ms_sum", a.latency_ms);
+    if (res) {
+        kokod_count(kd, j->t->name, "tokens_in", (double)res->tokens_in);
+        kokod_count(kd, j->t->name, "tokens_cached", (double)res->tokens_cached);
+        kokod_count(kd, j->t->name, "tokens_out", (double)res->tokens_out);
+    }
+    char *bk = util_asprintf("backend.%s", a.backend);
+    kokod_count(kd, j->t->name, bk, 1);
+    free(bk);
+
+    if (j->done)
+        j->done(&a, j->arg);
+    else
+        deliver_result(j, &a);
+    json_decref(a.sources);
+    job_maybe_free(j);
+}
+
+static void run_step(job *j);
+
+static void on_generated(const koko_llm_result *res, void *arg)
+{
+    step_call *sc = arg;
+    job *j = sc->j;
+    j->calls--;
+    int abandoned = j->finished || sc->step != j->step;
+    size_t step = sc->step;
+    free(sc);
+    if (abandoned) {
+        job_maybe_free(j);
+        return;
+    }
+    if (j->deadline)
+        event_del(j->deadline);
+    koko_instance *inst = j->chain[step];
+    if (res->status == KOKO_OK) {
+        finish(j, res, inst->desc->name);
+        return;
+    }
+    log_warn(inst->prefix, "did not answer (%s); trying the next backend",
+             res->error ? res->error : "no reason given");
+    json_array_append_new(j->attempts, json_pack("{s:s,s:s}", "backend", inst->desc->name, "error",
+                                                 res->error ? res->error : "failed"));
+    j->step = step + 1;
+    run_step(j);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    job *j = arg;
+    koko_instance *inst = j->chain[j->step];
+    log_warn(inst->prefix, "no answer within %d ms; trying the next backend", STEP_DEADLINE_MS);
+    json_array_append_new(j->attempts, json_pack("{s:s,s:s}", "backend", inst->desc->name, "error",
+                                                 "no answer within the core's deadline"));
+    j->step++;
+    run_step(j);
+}
+
+static void run_step(job *j)
+{
+    /* skip instances that are being torn down */
+    while (j->step < j->n_chain && (!j->chain[j->step] || j->chain[j->step]->st == INST_DEAD))
+        j->step++;
+    if (j->step >= j->n_chain) {
+        finish(j, NULL, NULL);
+        return;
+    }
+    koko_instance *inst = j->chain[j->step];
+    const koko_llm_ops *ops = inst->desc->ops;
+    koko_llm_request req = {
+        .size = sizeof req,
+        .tenant = j->t->name,
+        .conversation_id = j->conv_id,
+        .language = j->language,
+        .languages = j->t->languages,
+        .n_languages = j->t->n_languages,
+        .text = j->text,
+        .history = j->history,
+        .n_history = j->n_history,
+        .chunks = j->chunks,
+        .n_chunks = j->n_hits,
+        .persona = j->persona,
+        .decisions = j->t->decisions,
+        .tools = j->tools,
+        .route = j->route ? j->route->name : "default",
+        .want_handoff = j->want_handoff,
+    };
+    step_call *sc = xcalloc(1, sizeof *sc);
+    sc->j = j;
+    sc->step = j->step;
+    j->calls++;
+    struct timeval tv = {STEP_DEADLINE_MS / 1000, 0};
+    if (!j->deadline)
+        j->deadline = evtimer_new(j->p->kd->base, on_deadline, j);
+    evtimer_add(j->deadline, &tv);
+    ops->generate(inst->state, &req, on_generated, sc);
+}
+
+static json_t *tool_declarations(const tenant *t, const route *r)
+{
+    json_t *out = json_array();
+    koko_instance *const *tools = r && r->has_tools ? r->tools : t->tools;
+    size_t n = r && r->has_tools ? r->n_tools : t->n_tools;
+    for (size_t i = 0; i < n; i++) {
+        const koko_tool_ops *ops = tools[i]->desc->ops;
+        const json_t *decl = ops->declarations(tools[i]->state);
+        if (json_is_array(decl))
+            json_array_extend(out, (json_t *)decl);
+    }
+    return out;
+}
+
+static void start_job(job *j)
+{
+    tenant *t = j->t;
+    kokod *kd = j->p->kd;
+    conv *c = j->conv_key ? conv_get(j->p, j->conv_key, 0) : NULL;
+    if (c) {
+        j->history = xcalloc(c->n_turns + 1, sizeof *j->history);
+        for (size_t i = 0; i < c->n_turns; i++)
+            j->history[i] = (koko_turn){.role = c->turns[i].role, .text = xstrdup(c->turns[i].text)};
+        j->n_history = c->n_turns;
+    }
+    /* language: an explicit hint the tenant lists, else detection with the fallback rule */
+    j->language = NULL;
+    for (size_t i = 0; j->hint && i < t->n_languages; i++)
+        if (strcmp(t->languages[i], j->hint) == 0)
+            j->language = t->languages[i];
+    if (!j->language)
+        j->language = lang_choose(kd->lang, j->text, strlen(j->text), c && c->lang[0] ? c->lang : NULL,
+                                  t->languages, t->n_languages);
+    if (!j->language)
+        j->language = t->languages[0];
+
+    route_input ri = {.channel = j->channel, .inbox = j->inbox, .language = j->language, .text = j->text};
+    j->route = router_match(t->router, &ri, NULL);
+    j->kb = j->route && j->route->kb ? j->route->kb : t->kb;
+    j->persona = j->route && j->route->persona ? j->route->persona : t->persona;
+    j->chain = j->route && j->route->chain ? j->route->chain : t->chain;
+    j->n_chain = j->route && j->route->chain ? j->route->n_chain : t->n_chain;
+    j->tools = tool_declarations(t, j->route);
+    if (j->route && j->route->handoff) {
+        j->want_handoff = 1;
+        j->human_reason = "the route sends these messages to a human";
+    } else if (asks_for_human(t, j->text)) {
+        j->want_handoff = 1;
+        j->human_reason = "the customer asked for a human";
+    }
+    retrieve(j);
+    run_step(j);
+}
+
+static job *job_new(pipeline *p, generation *g, tenant *t, const chat_input *in)
+{
+    job *j = xcalloc(1, sizeof *j);
+    j->p = p;
+    j->g = g;
+    gen_ref(g);
+    j->t = t;
+    j->text = xstrdup(in->text);
+    j->conv_id = in->conversation_id ? xstrdup(in->conversation_id) : NULL;
+    j->channel = xstrdup(in->channel ? in->channel : "api");
+    j->inbox = in->inbox ? xstrdup(in->inbox) : NULL;
+    j->hint = in->language ? xstrdup(in->language) : NULL;
+    if (in->conversation_id)
+        j->conv_key = util_asprintf("%s\x1f%s\x1f%s", t->name, j->channel, in->conversation_id);
+    j->attempts = json_array();
+    j->started = util_now_ms_f();
+    p->inflight++;
+    return j;
+}
+
+void pipeline_chat(pipeline *p, generation *g, const chat_input *in, chat_fn done, void *arg)
+{
+    tenant *t = gen_tenant(g, in->tenant);
+    job *j = job_new(p, g, t, in);
+    j->done = done;
+    j->arg = arg;
+    start_job(j);
+}
+
+/* ---- channel messages ---- */
+
+typedef struct submit_ack {
+    koko_submit_fn done;
+    void *arg;
+    koko_submit_status st;
+    char error[256];
+    job *j; /* to start after the acknowledgement, may be NULL */
+} submit_ack;
+
+static void on_delivered(koko_status st, const char *error, void *arg)
+{
+    job *j = arg;
+    if (st != KOKO_OK)
+        log_error(j->channel_inst->prefix, "reply to conversation %s not delivered: %s", j->conv_id,
+                  error ? error : "no reason given");
+    kokod_count(j->p->kd, j->t->name, st == KOKO_OK ? "delivered" : "delivery_failed", 1);
+    j->calls--;
+    job_maybe_free(j);
+}
+
+static void deliver_result(job *j, const chat_answer *a)
+{
+    koko_instance *ch = NULL;
+    for (size_t i = 0; i < j->t->n_channels; i++)
+        if (strcmp(j->t->channels[i]->desc->name, j->channel) == 0)
+            ch = j->t->channels[i];
+    if (!ch || ch->st == INST_DEAD) {
+        log_error("pipeline", "%s: channel %s is gone; reply to conversation %s dropped", j->t->name, j->channel,
+                  j->conv_id);
+        return;
+    }
+    j->channel_inst = ch;
+    const koko_channel_ops *ops = ch->desc->ops;
+    char *idem = util_asprintf("%s:%s", j->channel, j->msg.msg_id);
+    koko_reply rep = {
+        .size = sizeof rep,
+        .msg = &j->msg,
+        .text = a->handoff && a->reply == NULL ? "" : a->reply,
+        .language = a->language,
+        .handoff = a->handoff,
+        .handoff_reason = a->handoff_reason,
+        .draft = a->reply,
+        .sources = a->sources,
+        .confidence = a->confidence,
+        .backend = a->backend,
+        .idempotency_key = idem,
+    };
+    if (KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing)
+        ops->typing(ch->state, &j->msg, 0);
+    j->calls++;
+    ops->deliver(ch->state, &rep, on_delivered, j);
+    free(idem);
+}
+
+static void ack_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    submit_ack *a = arg;
+    a->done(a->st, a->st == KOKO_SUBMIT_REJECTED ? a->error : NULL, a->arg);
+    if (a->j) {
+        job *j = a->j;
+        koko_instance *ch = NULL;
+        for (size_t i = 0; i < j->t->n_channels; i++)
+            if (strcmp(j->t->channels[i]->desc->name, j->channel) == 0)
+                ch = j->t->channels[i];
+        if (ch) {
+            const koko_channel_ops *ops = ch->desc->ops;
+            if (KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing)
+                ops->typing(ch->state, &j->msg, 1);
+        }
+        start_job(j);
+    }
+    free(a);
+}
+
+static char *keep(job *j, int slot, const char *s)
+{
+    j->msg_strs[slot] = s ? xstrdup(s) : NULL;
+    return j->msg_strs[slot];
+}
+
+void pipeline_submit(pipeline *p, koko_instance *channel, const koko_msg *msg, koko_submit_fn done, void *arg)
+{
+    kokod *kd = p->kd;
+    submit_ack *a = xcalloc(1, sizeof *a);
+    a->done = done;
+    a->arg = arg;
+    generation *g = kd->current;
+    tenant *t = gen_tenant(g, channel->tenant);
+    if (kd->stopping || !t) {
+        a->st = KOKO_SUBMIT_REJECTED;
+        snprintf(a->error, sizeof a->error, "%s", kd->stopping ? "kokod is stopping" : "tenant no longer configured");
+    } else if (!msg || !msg->msg_id || !*msg->msg_id || !msg->conversation_id || !*msg->conversation_id) {
+        a->st = KOKO_SUBMIT_REJECTED;
+        snprintf(a->error, sizeof a->error, "message without msg_id or conversation_id");
+    } else {
+        char *key = util_asprintf("%s\x1f%s\x1f%s", t->name, channel->desc->name, msg->msg_id);
+        a->st = dedup_seen(p, key) ? KOKO_SUBMIT_DUPLICATE : KOKO_SUBMIT_ACCEPTED;
+        free(key);
+    }
+    if (a->st == KOKO_SUBMIT_ACCEPTED) {
+        chat_input in = {.tenant = t->name, .text = msg->text ? msg->text : "",
+                         .conversation_id = msg->conversation_id, .language = msg->language,
+                         .channel = channel->desc->name, .inbox = msg->inbox};
+        job *j = job_new(p, g, t, &in);
+        j->msg = (koko_msg){.size = sizeof(koko_msg), .created_at = msg->created_at};
+        j->msg.tenant = keep(j, 0, t->name);
+        j->msg.channel = keep(j, 1, channel->desc->name);
+        j->msg.msg_id = keep(j, 2, msg->msg_id);
+        j->msg.conversation_id = keep(j, 3, msg->conversation_id);
+        j->msg.contact_id = keep(j, 4, msg->contact_id);
+        j->msg.inbox = keep(j, 5, msg->inbox);
+        j->msg.text = keep(j, 6, msg->text);
+        j->msg.language = keep(j, 7, msg->language);
+        j->msg_meta = msg->meta ? json_deep_copy(msg->meta) : NULL;
+        j->msg.meta = j->msg_meta;
+        a->j = j;
+        kokod_count(kd, t->name, "accepted", 1);
+    } else if (t) {
+        kokod_count(kd, t->name, a->st == KOKO_SUBMIT_DUPLICATE ? "duplicates" : "rejected", 1);
+    }
+    event_base_once(kd->base, -1, EV_TIMEOUT, ack_cb, a, &(struct timeval){0, 0});
+}
+
+pipeline *pipeline_new(kokod *kd)
+{
+    pipeline *p = xcalloc(1, sizeof *p);
+    p->kd = kd;
+    return p;
+}
+
+size_t pipeline_inflight(const pipeline *p) { return p->inflight; }
+
+void pipeline_free(pipeline *p)
+{
+    if (!p)
+        return;
+    while (p->lru_head)
+        conv_remove(p, p->lru_head);
+    dedup_expire(p, INT64_MAX);
+    free(p);
+}

@@ -1,0 +1,60 @@
+/*
+ * pipeline.h — the message pipeline (DESIGN §4): route → enrich → generate
+ * → decide, then answer the caller (/api/chat, kokoctl chat) or deliver
+ * through the channel that submitted the message.
+ *
+ * Every job holds a reference to the generation it started in and finishes
+ * there. Conversation history and language are kept per (tenant, channel,
+ * conversation) — in process memory, bounded (least recently used
+ * conversations are forgotten first).
+ */
+#ifndef CORE_PIPELINE_H
+#define CORE_PIPELINE_H
+
+#include <jansson.h>
+
+#include "gen.h"
+#include "koko/host.h"
+
+struct kokod;
+typedef struct pipeline pipeline;
+
+typedef struct chat_input {
+    const char *tenant;
+    const char *text;
+    const char *conversation_id; /* may be NULL: no history */
+    const char *language;        /* hint, may be NULL */
+    const char *channel;         /* "api" for /api/chat and kokoctl chat */
+    const char *inbox;           /* may be NULL */
+} chat_input;
+
+/* The answer, borrowed for the callback's duration. */
+typedef struct chat_answer {
+    const char *reply;
+    const char *language;
+    json_t *sources;        /* [{"file","heading","score"}] */
+    double confidence;
+    int handoff;
+    const char *handoff_reason; /* NULL unless handoff */
+    const char *backend;    /* which backend answered */
+    const char *route;      /* "default" or the route's name */
+    json_t *attempts;       /* [{"backend","error"}] for backends that did not answer */
+    double latency_ms;
+} chat_answer;
+
+typedef void (*chat_fn)(const chat_answer *a, void *arg);
+
+pipeline *pipeline_new(struct kokod *kd);
+void pipeline_free(pipeline *p);
+
+/* Answer IN in generation G (tenant must exist in G). DONE runs later, exactly once. */
+void pipeline_chat(pipeline *p, generation *g, const chat_input *in, chat_fn done, void *arg);
+
+/* koko_host.submit: take a channel's message (copied), de-duplicate, answer
+ * it and deliver the reply through the channel. */
+void pipeline_submit(pipeline *p, koko_instance *channel, const koko_msg *msg, koko_submit_fn done, void *arg);
+
+/* Jobs in flight (status, graceful stop). */
+size_t pipeline_inflight(const pipeline *p);
+
+#endif

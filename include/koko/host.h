@@ -1,0 +1,138 @@
+/*
+ * koko/host.h — the services kokod offers its plugins.
+ *
+ * A plugin receives `const koko_host *` in init() and reaches the daemon only
+ * through it (no symbol of kokod is visible to plugins). Every call takes the
+ * caller's koko_instance, so the host knows which plugin in which tenant holds
+ * each transfer, timer and route, logs with that prefix, and can cancel what
+ * is left when the instance is stopped.
+ *
+ * Threading: every call is for the loop thread only, except post().
+ * Callbacks: always run later, on the loop thread, never from inside the call
+ * that registered them.
+ *
+ * Host vtable changelog (append-only):
+ *   1.0  log, getenv, tenant, base_dir, http_submit/http_cancel,
+ *        timer_start/timer_cancel, route_add, req_*, respond, submit, post.
+ */
+#ifndef KOKO_HOST_H
+#define KOKO_HOST_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "koko/message.h"
+#include "koko/plugin.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum koko_log_level {
+    KOKO_LOG_ERROR = 0,
+    KOKO_LOG_WARN = 1,
+    KOKO_LOG_INFO = 2,
+    KOKO_LOG_DEBUG = 3,
+} koko_log_level;
+
+/* Result of an outbound HTTP transfer; borrowed for the callback's duration. */
+typedef struct koko_http_result {
+    uint32_t size;
+    long status;          /* HTTP status; 0 when no response arrived */
+    int curl_code;        /* CURLcode; CURLE_OK when a response arrived (any status) */
+    int cancelled;        /* 1: cancelled (http_cancel, instance stopped) */
+    const char *error;    /* reason when curl_code != CURLE_OK or cancelled */
+    const char *body;     /* response body, NUL-terminated */
+    size_t body_len;
+    const struct curl_slist *headers; /* response header lines, may be NULL */
+    double total_ms;
+} koko_http_result;
+
+typedef struct koko_http koko_http;   /* an outstanding transfer */
+typedef struct koko_timer koko_timer; /* a pending timer */
+typedef struct koko_request koko_request; /* an inbound HTTP request routed to a plugin */
+
+typedef void (*koko_http_fn)(const koko_http_result *res, void *arg);
+typedef void (*koko_timer_fn)(void *arg);
+typedef void (*koko_route_fn)(koko_request *req, void *arg);
+typedef void (*koko_post_fn)(void *arg);
+
+/* Outcome of submit(): KOKO_SUBMIT_ACCEPTED once the message is queued,
+ * KOKO_SUBMIT_DUPLICATE when (channel, msg_id) was seen before. */
+typedef enum koko_submit_status {
+    KOKO_SUBMIT_ACCEPTED = 0,
+    KOKO_SUBMIT_DUPLICATE = 1,
+    KOKO_SUBMIT_REJECTED = 2, /* invalid message or the daemon is stopping: do not acknowledge */
+} koko_submit_status;
+typedef void (*koko_submit_fn)(koko_submit_status st, const char *error, void *arg);
+
+struct koko_host {
+    uint32_t size; /* sizeof(koko_host) as built by the host: check before using a later field */
+    uint16_t abi_major, abi_minor;
+
+    /* Log one line, prefixed "tenant/plugin:". Never log secrets. */
+    void (*log)(koko_instance *inst, koko_log_level lvl, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+    /* An environment variable (secrets), or NULL. Borrowed. */
+    const char *(*getenv)(koko_instance *inst, const char *name);
+
+    /* The tenant this instance serves, e.g. "demo". Borrowed, lives as long as the instance. */
+    const char *(*tenant)(koko_instance *inst);
+
+    /* The directory relative paths in the configuration are resolved against. Borrowed. */
+    const char *(*base_dir)(koko_instance *inst);
+
+    /*
+     * Run the libcurl easy handle EASY on the loop. The host TAKES OWNERSHIP of
+     * EASY and of HEADERS (the request header list, may be NULL: the host sets
+     * it on the handle) and frees both after DONE has run. The host sets the
+     * write/header callbacks itself; everything else (URL, method, body,
+     * timeouts) is the plugin's. DONE runs exactly once, later — also on
+     * error, timeout and cancellation. Returns a handle valid until DONE runs,
+     * or NULL (out of memory, or kokod is stopping): then DONE will not run and
+     * EASY and HEADERS are already freed.
+     */
+    koko_http *(*http_submit)(koko_instance *inst, CURL *easy, struct curl_slist *headers,
+                              koko_http_fn done, void *arg);
+    /* Cancel: DONE runs later with cancelled = 1. Safe to call once DONE is queued. */
+    void (*http_cancel)(koko_http *h);
+
+    /* One-shot timer: FN(ARG) after MS milliseconds, later on the loop. */
+    koko_timer *(*timer_start)(koko_instance *inst, uint64_t ms, koko_timer_fn fn, void *arg);
+    /* Cancel a timer that has not fired; FN will not run. Never call it on a fired timer. */
+    void (*timer_cancel)(koko_timer *t);
+
+    /*
+     * Route "POST /webhook/<tenant>/<name>" (NAME = the plugin's name when
+     * NULL) to FN. Call from init(). The route lives as long as the instance.
+     * The host has already enforced the body limit; FN must answer with
+     * respond() exactly once, now or later.
+     */
+    int (*route_add)(koko_instance *inst, const char *name, koko_route_fn fn, void *arg);
+    const char *(*req_method)(koko_request *req);            /* "POST" */
+    const char *(*req_header)(koko_request *req, const char *name); /* case-insensitive, or NULL */
+    const char *(*req_body)(koko_request *req, size_t *len); /* NUL-terminated, borrowed */
+    const char *(*req_peer)(koko_request *req);              /* client address, for logs */
+    /* Answer REQ with STATUS and BODY (JSON). Frees REQ. BODY is copied. */
+    void (*respond)(koko_request *req, int status, const char *json_body);
+
+    /*
+     * Hand a customer message to the pipeline. MSG is copied (the host fills
+     * tenant and channel). DONE runs later with ACCEPTED once the message is
+     * safely queued (acknowledge the channel only then), DUPLICATE when it was
+     * seen already (acknowledge, do nothing), REJECTED otherwise.
+     */
+    void (*submit)(koko_instance *inst, const koko_msg *msg, koko_submit_fn done, void *arg);
+
+    /* The one thread-safe call: run FN(ARG) soon on the loop thread. 0 = queued. */
+    int (*post)(koko_instance *inst, koko_post_fn fn, void *arg);
+};
+
+#ifdef __cplusplus
+}
+#endif
+#endif

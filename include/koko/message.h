@@ -1,0 +1,96 @@
+/*
+ * koko/message.h — the channel-neutral shapes that flow through the pipeline.
+ *
+ * A channel turns its event into a koko_msg and submits it; the core routes,
+ * enriches and asks the LLM chain with a koko_llm_request; the answer comes
+ * back to the channel as a koko_reply. Every struct here starts with its own
+ * size so it can grow by appending fields (read a field only when
+ * KOKO_HAS_FIELD says the producer knew about it).
+ *
+ * Ownership: these structs are always BORROWED by whoever receives them, for
+ * the duration of the call or until the stated callback runs. Copy to keep.
+ */
+#ifndef KOKO_MESSAGE_H
+#define KOKO_MESSAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KOKO_HAS_FIELD(p, type, field) \
+    ((p)->size >= offsetof(type, field) + sizeof(((type *)0)->field))
+
+/* One inbound customer message. */
+typedef struct koko_msg {
+    uint32_t size;               /* sizeof(koko_msg) as built by the producer */
+    const char *tenant;          /* set by the host on submit; channels leave NULL */
+    const char *channel;         /* set by the host: the channel plugin's name */
+    const char *msg_id;          /* channel-unique id: de-duplication key (required) */
+    const char *conversation_id; /* the channel's conversation id (required) */
+    const char *contact_id;      /* stable customer key within the channel, may be NULL */
+    const char *inbox;           /* channel sub-source (Chatwoot inbox id), may be NULL */
+    const char *text;            /* the customer's words, UTF-8 (may be empty with attachments) */
+    const char *language;        /* ISO 639-1 hint from the channel, may be NULL */
+    int64_t created_at;          /* unix seconds, 0 = unknown */
+    const json_t *meta;          /* channel-private data needed again at deliver time, may be NULL */
+} koko_msg;
+
+/* One retrieved knowledge-base passage. */
+typedef struct koko_chunk {
+    const char *file;    /* e.g. "kb/demo/pricing.md" */
+    const char *heading; /* heading path, e.g. "Árak › Kiszállás" */
+    const char *text;    /* the whole chunk, Markdown stripped */
+    const char *excerpt; /* its sentences most relevant to the question */
+    double score;        /* BM25 */
+    double coverage;     /* 0..1: IDF-weighted share of the question's terms it contains */
+} koko_chunk;
+
+/* One earlier turn of the conversation, oldest first. */
+typedef struct koko_turn {
+    const char *role; /* "user" or "assistant" */
+    const char *text;
+} koko_turn;
+
+/* What an LLM backend is asked to answer. */
+typedef struct koko_llm_request {
+    uint32_t size;
+    const char *tenant;
+    const char *conversation_id; /* may be NULL */
+    const char *language;        /* ISO 639-1: answer in this language */
+    const char *const *languages; /* the tenant's languages, first = default */
+    size_t n_languages;
+    const char *text;             /* the customer's message (coalesced messages joined) */
+    const koko_turn *history;     /* earlier turns, oldest first */
+    size_t n_history;
+    const koko_chunk *chunks;     /* retrieved passages, best first */
+    size_t n_chunks;
+    const json_t *persona;        /* memory/<tenant>/identity.json, never NULL (may be {}) */
+    const json_t *decisions;      /* memory/<tenant>/decisions.json, never NULL (may be []) */
+    const json_t *tools;          /* function declarations offered, JSON array, never NULL */
+    const char *route;            /* name of the route that matched ("default" when none) */
+    int want_handoff;             /* the route or the customer asked for a human */
+} koko_llm_request;
+
+/* What the core asks a channel to deliver. */
+typedef struct koko_reply {
+    uint32_t size;
+    const koko_msg *msg;         /* the (last) message this answers */
+    const char *text;            /* reply text, may be empty when handoff */
+    const char *language;
+    int handoff;                 /* hand the conversation to humans */
+    const char *handoff_reason;  /* short operator-facing reason */
+    const char *draft;           /* for handoff: the draft answer, for the private note */
+    const json_t *sources;       /* [{"file","heading","score"}] */
+    double confidence;
+    const char *backend;         /* which LLM backend answered */
+    const char *idempotency_key; /* stable across retries of this delivery */
+} koko_reply;
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,471 @@
+/*
+ * kokoctl — the operator's command line for a running kokod.
+ *
+ * Finds the control socket (-s, or server.control of the configuration
+ * given with -c), sends one JSON command line, prints the answer as aligned
+ * text (or the raw JSON with --json). Exit status: 0 success, 1 the daemon
+ * refused (e.g. a reload with errors), 2 usage, 3 kokod unreachable.
+ */
+#include "kokoconf.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <jansson.h>
+
+#include "diag.h"
+#include "util.h"
+#include "yamltree.h"
+
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/usr/local/etc"
+#endif
+
+static int json_out;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: kokoctl [-c CONFIG | -s SOCKET] [--json] COMMAND [ARGS]\n\n"
+            "Commands:\n"
+            "  status                         daemon state, generation, uptime\n"
+            "  reload                         build a new generation from the configuration\n"
+            "  plugins                        loaded plugins and the tenants using them\n"
+            "  tenants                        tenants, their languages, chains and knowledge bases\n"
+            "  routes TENANT                  the tenant's routing table\n"
+            "  route TENANT [--channel C] [--inbox I] [--language L] --text TEXT\n"
+            "                                 which route a message would take, and why\n"
+            "  chat TENANT MESSAGE [--conversation ID] [--language L]\n"
+            "                                 ask the tenant from the terminal\n"
+            "  stats                          counters per tenant\n\n"
+            "Options:\n"
+            "  -c, --config FILE   find the control socket in FILE's server.control\n"
+            "                      (default: $KOKO_CONFIG, ./etc/koko.yaml, " SYSCONFDIR "/koko/koko.yaml)\n"
+            "  -s, --socket PATH   the control socket itself\n"
+            "      --json          print the daemon's JSON answer\n");
+}
+
+static char *socket_from_config(const char *file)
+{
+    diag *d = diag_new();
+    cfgdoc *doc = cfgdoc_parse_file(file, d);
+    if (!doc) {
+        fprintf(stderr, "kokoctl: cannot read %s: %s\n", file, diag_count(d) ? diag_get(d, 0) : "unknown error");
+        diag_free(d);
+        return NULL;
+    }
+    json_t *root = cfgdoc_root(doc);
+    const char *base = json_string_value(json_object_get(root, "base_dir"));
+    const char *ctl = json_string_value(json_object_get(json_object_get(root, "server"), "control"));
+    char *path = util_path_join(base ? base : ".", ctl ? ctl : "var/kokod.sock");
+    cfgdoc_free(doc);
+    diag_free(d);
+    return path;
+}
+
+/* Send CMD, read one line back. NULL (message printed) when unreachable. */
+static json_t *call(const char *sock, json_t *cmd)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(sock) >= sizeof sun.sun_path) {
+        fprintf(stderr, "kokoctl: socket path too long: %s\n", sock);
+        return NULL;
+    }
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", sock);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof sun) != 0) {
+        int e = errno;
+        if (e == EACCES || e == EPERM)
+            fprintf(stderr, "kokoctl: permission denied on %s (run as the user kokod runs as)\n", sock);
+        else if (e == ENOENT || e == ECONNREFUSED)
+            fprintf(stderr, "kokoctl: kokod is not running (no socket at %s)\n", sock);
+        else
+            fprintf(stderr, "kokoctl: cannot connect to %s: %s\n", sock, strerror(e));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    char *line = json_dumps(cmd, JSON_COMPACT);
+    size_t len = strlen(line);
+    line = realloc(line, len + 2);
+    line[len++] = '\n';
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, line + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            fprintf(stderr, "kokoctl: lost the connection to kokod while sending\n");
+            free(line);
+            close(fd);
+            return NULL;
+        }
+        off += (size_t)w;
+    }
+    free(line);
+    strbuf sb = {0};
+    char buf[65536];
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    for (;;) {
+        int pr = poll(&pfd, 1, 300000);
+        if (pr == 0) {
+            fprintf(stderr, "kokoctl: kokod did not answer within 300 s\n");
+            break;
+        }
+        if (pr < 0 && errno == EINTR)
+            continue;
+        ssize_t r = read(fd, buf, sizeof buf);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        sb_append(&sb, buf, (size_t)r);
+        if (memchr(buf, '\n', (size_t)r))
+            break;
+    }
+    close(fd);
+    json_error_t je;
+    json_t *ans = sb.len ? json_loadb(sb.buf, sb.len, JSON_DISABLE_EOF_CHECK, &je) : NULL;
+    if (!ans)
+        fprintf(stderr, "kokoctl: kokod closed the connection without an answer\n");
+    sb_free(&sb);
+    return ans;
+}
+
+static const char *s_or(const json_t *o, const char *k, const char *d)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : d;
+}
+
+static void join_names(const json_t *arr, char *out, size_t n)
+{
+    out[0] = '\0';
+    size_t i;
+    json_t *v;
+    size_t used = 0;
+    json_array_foreach(arr, i, v)
+    {
+        int w = snprintf(out + used, n - used, "%s%s", i ? ", " : "", json_string_value(v) ? json_string_value(v) : "?");
+        if (w < 0 || (size_t)w >= n - used)
+            break;
+        used += (size_t)w;
+    }
+    if (!used)
+        snprintf(out, n, "-");
+}
+
+static void print_status(const json_t *d)
+{
+    printf("%-12s %s\n", "status", s_or(d, "status", "?"));
+    printf("%-12s %s\n", "version", s_or(d, "version", "?"));
+    printf("%-12s %lld\n", "pid", (long long)json_integer_value(json_object_get(d, "pid")));
+    printf("%-12s %lld\n", "generation", (long long)json_integer_value(json_object_get(d, "generation")));
+    printf("%-12s %lld s\n", "uptime", (long long)json_integer_value(json_object_get(d, "uptime_s")));
+    printf("%-12s %s\n", "listen", s_or(d, "listen", "?"));
+    printf("%-12s %s\n", "config", s_or(d, "config", "?"));
+    printf("%-12s %lld\n", "tenants", (long long)json_integer_value(json_object_get(d, "tenants")));
+    char names[1024];
+    join_names(json_object_get(d, "plugins"), names, sizeof names);
+    printf("%-12s %s\n", "plugins", names);
+    printf("%-12s %lld\n", "in flight", (long long)json_integer_value(json_object_get(d, "inflight")));
+    const json_t *r = json_object_get(d, "reloads");
+    printf("%-12s %lld ok, %lld refused\n", "reloads", (long long)json_integer_value(json_object_get(r, "ok")),
+           (long long)json_integer_value(json_object_get(r, "failed")));
+}
+
+static void print_plugins(const json_t *d)
+{
+    printf("%-12s %-8s %-9s %-5s %-16s %s\n", "NAME", "KIND", "VERSION", "ABI", "TENANTS", "FILE");
+    size_t i;
+    json_t *p;
+    json_array_foreach(d, i, p)
+    {
+        char t[256];
+        join_names(json_object_get(p, "tenants"), t, sizeof t);
+        printf("%-12s %-8s %-9s %-5s %-16s %s\n", s_or(p, "name", "?"), s_or(p, "kind", "?"), s_or(p, "version", "-"),
+               s_or(p, "abi", "?"), t, s_or(p, "file", "?"));
+    }
+}
+
+static void print_tenants(const json_t *d)
+{
+    printf("%-12s %-9s %-22s %-14s %-10s %7s %7s\n", "TENANT", "LANGS", "LLM CHAIN", "CHANNELS", "TOOLS", "FILES", "CHUNKS");
+    size_t i;
+    json_t *t;
+    json_array_foreach(d, i, t)
+    {
+        char langs[64], llm[128], ch[128], tools[128];
+        join_names(json_object_get(t, "languages"), langs, sizeof langs);
+        join_names(json_object_get(t, "llm"), llm, sizeof llm);
+        join_names(json_object_get(t, "channels"), ch, sizeof ch);
+        join_names(json_object_get(t, "tools"), tools, sizeof tools);
+        const json_t *kb = json_object_get(t, "kb");
+        printf("%-12s %-9s %-22s %-14s %-10s %7lld %7lld\n", s_or(t, "name", "?"), langs, llm, ch, tools,
+               (long long)json_integer_value(json_object_get(kb, "files")),
+               (long long)json_integer_value(json_object_get(kb, "chunks")));
+    }
+}
+
+static void print_obj_inline(const json_t *o, char *out, size_t n)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)o, k, v)
+    {
+        char *s = json_is_string(v) ? xstrdup(json_string_value(v)) : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        int w = snprintf(out + used, n - used, "%s%s=%s", used ? " " : "", k, s ? s : "");
+        free(s);
+        if (w < 0 || (size_t)w >= n - used)
+            break;
+        used += (size_t)w;
+    }
+    if (!used)
+        snprintf(out, n, "-");
+}
+
+static void print_routes(const json_t *d)
+{
+    const json_t *routes = json_object_get(d, "routes");
+    printf("%-3s %-14s %-44s %s\n", "#", "NAME", "MATCH", "OVERRIDES");
+    size_t i;
+    json_t *r;
+    json_array_foreach(routes, i, r)
+    {
+        char m[512], o[512];
+        print_obj_inline(json_object_get(r, "match"), m, sizeof m);
+        print_obj_inline(json_object_get(r, "overrides"), o, sizeof o);
+        printf("%-3lld %-14s %-44s %s\n", (long long)json_integer_value(json_object_get(r, "index")), s_or(r, "name", "?"),
+               m, o);
+    }
+    char llm[256];
+    join_names(json_object_get(json_object_get(d, "default"), "llm"), llm, sizeof llm);
+    printf("%-3s %-14s %-44s llm=%s\n", "-", "default", "(when no route matches)", llm);
+}
+
+static void print_route(const json_t *d)
+{
+    printf("route: %s   (language %s)\n", s_or(d, "route", "?"), s_or(d, "language", "?"));
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(d, "evaluation"), i, e)
+    {
+        char why[1024];
+        join_names(json_object_get(e, "reasons"), why, sizeof why);
+        printf("  %-3s %-14s %s\n", json_is_true(json_object_get(e, "chosen")) ? "->" : json_is_true(json_object_get(e, "matched")) ? "ok" : "no",
+               s_or(e, "route", "?"), why);
+    }
+}
+
+static void print_chat(const json_t *d)
+{
+    printf("%s\n\n", s_or(d, "reply", ""));
+    printf("%-10s %s\n", "language", s_or(d, "language", "?"));
+    printf("%-10s %s\n", "route", s_or(d, "route", "?"));
+    printf("%-10s %s\n", "backend", s_or(d, "backend", "?"));
+    printf("%-10s %.2f\n", "confidence", json_number_value(json_object_get(d, "confidence")));
+    printf("%-10s %s%s%s\n", "handoff", json_is_true(json_object_get(d, "handoff")) ? "yes" : "no",
+           json_object_get(d, "handoff_reason") ? " — " : "", s_or(d, "handoff_reason", ""));
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(d, "sources"), i, s)
+        printf("%-10s %s › %s (%.2f)\n", i ? "" : "sources", s_or(s, "file", "?"), s_or(s, "heading", ""),
+               json_number_value(json_object_get(s, "score")));
+    json_array_foreach(json_object_get(d, "attempts"), i, s)
+        printf("%-10s %s: %s\n", i ? "" : "failed", s_or(s, "backend", "?"), s_or(s, "error", "?"));
+}
+
+static void print_stats(const json_t *d)
+{
+    printf("%-12s %8s %8s %8s %8s %10s %10s\n", "TENANT", "QUERIES", "ANSWERED", "HANDOFF", "FAILED", "TOKENS", "AVG MS");
+    const char *k;
+    json_t *t;
+    json_object_foreach((json_t *)d, k, t)
+    {
+        double q = json_number_value(json_object_get(t, "queries"));
+        printf("%-12s %8.0f %8.0f %8.0f %8.0f %10.0f %10.1f\n", k, q, json_number_value(json_object_get(t, "answered")),
+               json_number_value(json_object_get(t, "handed_off")), json_number_value(json_object_get(t, "failed")),
+               json_number_value(json_object_get(t, "tokens_in")) + json_number_value(json_object_get(t, "tokens_out")),
+               q > 0 ? json_number_value(json_object_get(t, "latency_ms_sum")) / q : 0.0);
+    }
+}
+
+static void print_reload(const json_t *d)
+{
+    printf("reloaded: generation %lld serving (%.1f ms)\n", (long long)json_integer_value(json_object_get(d, "generation")),
+           json_number_value(json_object_get(d, "build_ms")));
+    const json_t *t = json_object_get(d, "tenants"), *p = json_object_get(d, "plugins"), *in = json_object_get(d, "instances");
+    char a[512];
+    join_names(json_object_get(t, "added"), a, sizeof a);
+    printf("  tenants added:     %s\n", a);
+    join_names(json_object_get(t, "removed"), a, sizeof a);
+    printf("  tenants removed:   %s\n", a);
+    join_names(json_object_get(t, "changed"), a, sizeof a);
+    printf("  tenants changed:   %s\n", a);
+    json_t *names = json_array();
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(p, "loaded"), i, v) json_array_append(names, json_object_get(v, "name"));
+    join_names(names, a, sizeof a);
+    printf("  plugins loaded:    %s\n", a);
+    json_array_clear(names);
+    json_array_foreach(json_object_get(p, "unloaded"), i, v) json_array_append(names, json_object_get(v, "name"));
+    join_names(names, a, sizeof a);
+    json_decref(names);
+    printf("  plugins unloaded:  %s\n", a);
+    printf("  instances:         %lld kept, %lld new\n", (long long)json_integer_value(json_object_get(in, "kept")),
+           (long long)json_integer_value(json_object_get(in, "new")));
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"socket", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
+        {"channel", required_argument, NULL, 1},  {"inbox", required_argument, NULL, 2},
+        {"language", required_argument, NULL, 3}, {"text", required_argument, NULL, 4},
+        {"conversation", required_argument, NULL, 5}, {"version", no_argument, NULL, 'V'},
+        {0},
+    };
+    const char *config = NULL, *sock = NULL, *channel = NULL, *inbox = NULL, *language = NULL, *text = NULL,
+               *conversation = NULL;
+    int c;
+    /* GNU getopt permutes argv, so options may follow the command */
+    while ((c = getopt_long(argc, argv, "c:s:jhV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': config = optarg; break;
+        case 's': sock = optarg; break;
+        case 'j': json_out = 1; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("kokoctl %s\n", PACKAGE_VERSION); return 0;
+        case 1: channel = optarg; break;
+        case 2: inbox = optarg; break;
+        case 3: language = optarg; break;
+        case 4: text = optarg; break;
+        case 5: conversation = optarg; break;
+        default: usage(stderr); return 2;
+        }
+    }
+    const char *pos[8];
+    int npos = 0;
+    for (; optind < argc && npos < 8; optind++)
+        pos[npos++] = argv[optind];
+    if (npos == 0) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = pos[0];
+    json_t *args = json_object();
+    static const char *const simple[] = {"status", "reload", "plugins", "tenants", "stats"};
+    int known = 0;
+    for (size_t i = 0; i < sizeof simple / sizeof *simple; i++)
+        known |= strcmp(cmd, simple[i]) == 0;
+    if (known && npos != 1) {
+        fprintf(stderr, "kokoctl: %s takes no arguments\n", cmd);
+        return 2;
+    }
+    if (strcmp(cmd, "routes") == 0 || strcmp(cmd, "route") == 0 || strcmp(cmd, "chat") == 0) {
+        known = 1;
+        if (npos < 2) {
+            fprintf(stderr, "kokoctl: %s needs a TENANT\n", cmd);
+            return 2;
+        }
+        json_object_set_new(args, "tenant", json_string(pos[1]));
+        if (strcmp(cmd, "route") == 0) {
+            if (!text && npos >= 3)
+                text = pos[2];
+            if (!text) {
+                fprintf(stderr, "kokoctl: route needs --text \"...\"\n");
+                return 2;
+            }
+            json_object_set_new(args, "text", json_string(text));
+            if (channel)
+                json_object_set_new(args, "channel", json_string(channel));
+            if (inbox)
+                json_object_set_new(args, "inbox", json_string(inbox));
+            if (language)
+                json_object_set_new(args, "language", json_string(language));
+        }
+        if (strcmp(cmd, "chat") == 0) {
+            const char *msg = npos >= 3 ? pos[2] : text;
+            if (!msg) {
+                fprintf(stderr, "kokoctl: chat needs a MESSAGE\n");
+                return 2;
+            }
+            json_object_set_new(args, "message", json_string(msg));
+            if (conversation)
+                json_object_set_new(args, "conversation_id", json_string(conversation));
+            if (language)
+                json_object_set_new(args, "language", json_string(language));
+        }
+    }
+    if (!known) {
+        fprintf(stderr, "kokoctl: unknown command \"%s\" (see kokoctl --help)\n", cmd);
+        json_decref(args);
+        return 2;
+    }
+
+    char *sockpath = NULL;
+    if (sock) {
+        sockpath = xstrdup(sock);
+    } else {
+        if (!config)
+            config = getenv("KOKO_CONFIG") && *getenv("KOKO_CONFIG") ? getenv("KOKO_CONFIG")
+                     : access("etc/koko.yaml", R_OK) == 0 ? "etc/koko.yaml"
+                                                          : SYSCONFDIR "/koko/koko.yaml";
+        sockpath = socket_from_config(config);
+        if (!sockpath) {
+            json_decref(args);
+            return 3;
+        }
+    }
+    json_t *req = json_pack("{s:s,s:o}", "cmd", cmd, "args", args);
+    json_t *ans = call(sockpath, req);
+    json_decref(req);
+    free(sockpath);
+    if (!ans)
+        return 3;
+    int ok = json_is_true(json_object_get(ans, "ok"));
+    if (json_out) {
+        char *s = json_dumps(ok ? json_object_get(ans, "data") : ans, JSON_INDENT(2) | JSON_ENCODE_ANY);
+        printf("%s\n", s ? s : "null");
+        free(s);
+    } else if (!ok) {
+        fprintf(stderr, "kokoctl: %s\n", s_or(ans, "error", "failed"));
+        size_t i;
+        json_t *e;
+        json_array_foreach(json_object_get(ans, "errors"), i, e) fprintf(stderr, "%s\n", json_string_value(e));
+    } else {
+        const json_t *d = json_object_get(ans, "data");
+        if (!strcmp(cmd, "status"))
+            print_status(d);
+        else if (!strcmp(cmd, "reload"))
+            print_reload(d);
+        else if (!strcmp(cmd, "plugins"))
+            print_plugins(d);
+        else if (!strcmp(cmd, "tenants"))
+            print_tenants(d);
+        else if (!strcmp(cmd, "routes"))
+            print_routes(d);
+        else if (!strcmp(cmd, "route"))
+            print_route(d);
+        else if (!strcmp(cmd, "chat"))
+            print_chat(d);
+        else if (!strcmp(cmd, "stats"))
+            print_stats(d);
+    }
+    if (!ok && json_out) {
+        const char *e = s_or(ans, "error", "failed");
+        fprintf(stderr, "kokoctl: %s\n", e);
+    }
+    json_decref(ans);
+    return ok ? 0 : 1;
+}
