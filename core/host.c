@@ -210,6 +210,14 @@ static int host_post(koko_instance *inst, koko_post_fn fn, void *arg)
     return 0;
 }
 
+static void host_conversation(koko_instance *inst, const char *conversation_id, koko_conv_event ev,
+                              const char *detail)
+{
+    if (!checked(inst, "conversation"))
+        return;
+    pipeline_conversation(inst->kd->pipe, inst, conversation_id, ev, detail);
+}
+
 const koko_host core_host = {
     .size = sizeof(koko_host),
     .abi_major = KOKO_ABI_MAJOR,
@@ -230,4 +238,5 @@ const koko_host core_host = {
     .respond = server_respond,
     .submit = host_submit,
     .post = host_post,
+    .conversation = host_conversation,
 };

@@ -332,8 +332,7 @@ static signed char chunk_lang(const kb *k, const char *h, const char *t, size_t 
     return (signed char)g;
 }
 
-static void add_chunk(build *b, const char *file, const char *heading, const char *text,
-                      size_t len)
+static void add_chunk(build *b, const char *file, const char *heading, const char *text, size_t len)
 {
     kb *k = b->k;
     kb_chunk *c;
@@ -381,8 +380,7 @@ static int is_blank(const char *s, size_t n)
 
 static int is_alnum_byte(char c)
 {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (unsigned char)c >= 0x80;
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (unsigned char)c >= 0x80;
 }
 
 /* Finds the byte that closes `open` at s[i] (same line), honouring nesting; or n. */
@@ -440,14 +438,12 @@ static void strip_inline(strbuf *out, const char *s, size_t n)
         } else if (c == '<') {
             for (e = i + 1; e < n && s[e] != '>' && s[e] != '<'; e++)
                 ;
-            if (e < n && s[e] == '>' && e > i + 1 &&
-                (memchr(s + i, ':', e - i) || memchr(s + i, '@', e - i)) &&
+            if (e < n && s[e] == '>' && e > i + 1 && (memchr(s + i, ':', e - i) || memchr(s + i, '@', e - i)) &&
                 !memchr(s + i, ' ', e - i)) {
                 sb_append(out, s + i + 1, e - i - 1); /* autolink */
                 i = e + 1;
             } else if (e < n && s[e] == '>' && e > i + 1 &&
-                       (s[i + 1] == '/' || s[i + 1] == '!' ||
-                        (s[i + 1] >= 'a' && s[i + 1] <= 'z') ||
+                       (s[i + 1] == '/' || s[i + 1] == '!' || (s[i + 1] >= 'a' && s[i + 1] <= 'z') ||
                         (s[i + 1] >= 'A' && s[i + 1] <= 'Z'))) {
                 sb_append(out, " ", 1); /* HTML tag */
                 i = e + 1;
@@ -582,6 +578,7 @@ static void chunk_file(build *b, const char *file, const char *s, size_t n)
     strbuf body = {0}, head = {0}, tmp = {0};
     size_t ls = 0, le, i, lvl, m;
     int fence = 0, blank_pending = 0;
+    int joinable = 0; /* the last line was prose: a hard-wrapped next line continues it */
     char fence_ch = 0;
 
     if (n >= 3 && !memcmp(s, "\xEF\xBB\xBF", 3)) /* byte-order mark */
@@ -611,6 +608,7 @@ static void chunk_file(build *b, const char *file, const char *s, size_t n)
         }
         if (is_blank(l, ll)) {
             blank_pending = body.len > 0;
+            joinable = 0;
             continue;
         }
         /* ATX heading */
@@ -635,6 +633,7 @@ static void chunk_file(build *b, const char *file, const char *s, size_t n)
             }
             heading_path(&head, stack);
             blank_pending = 0;
+            joinable = 0;
             continue;
         }
         if (is_rule(l, ll))
@@ -649,28 +648,40 @@ static void chunk_file(build *b, const char *file, const char *s, size_t n)
             tmp.len = 0;
             sb_append(&tmp, "", 0);
             strip_inline(&tmp, l + i, ll - i);
-            for (m = 0; m < tmp.len; m++)
-                if (tmp.buf[m] == '|')
-                    tmp.buf[m] = ' ';
-            /* collapse the blanks the pipes leave */
+            /* one line per row, cells joined by " – ", so a quoted row reads well */
             {
-                size_t r, w = 0;
-                for (r = 0; r < tmp.len; r++) {
-                    if (tmp.buf[r] == ' ' && (w == 0 || tmp.buf[w - 1] == ' '))
-                        continue;
-                    tmp.buf[w++] = tmp.buf[r];
+                size_t r = 0, cells = 0;
+                while (r < tmp.len) {
+                    size_t a, z;
+                    while (r < tmp.len && tmp.buf[r] == '|')
+                        r++;
+                    a = r;
+                    while (r < tmp.len && tmp.buf[r] != '|')
+                        r++;
+                    z = r;
+                    while (a < z && (tmp.buf[a] == ' ' || tmp.buf[a] == '\t'))
+                        a++;
+                    while (z > a && (tmp.buf[z - 1] == ' ' || tmp.buf[z - 1] == '\t'))
+                        z--;
+                    if (z > a) {
+                        if (cells++)
+                            sb_append(&body, " – ", strlen(" – "));
+                        sb_append(&body, tmp.buf + a, z - a);
+                    }
                 }
-                while (w > 0 && tmp.buf[w - 1] == ' ')
-                    w--;
-                tmp.len = w;
             }
-            sb_append(&body, tmp.buf, tmp.len);
             sb_append(&body, "\n", 1);
+            joinable = 0;
             continue;
         }
         while (i < ll && (l[i] == ' ' || l[i] == '\t'))
             i++;
         m = block_marker(l + i, ll - i);
+        /* Markdown paragraphs may be hard-wrapped: a line without a list or
+         * quote marker right after prose continues the same sentence */
+        if (m == 0 && joinable && !blank_pending && body.len && body.buf[body.len - 1] == '\n')
+            body.buf[body.len - 1] = ' ';
+        joinable = 1;
         strip_inline(&body, l + i + m, ll - i - m);
         body_trim(&body);
         sb_append(&body, "\n", 1);
@@ -758,8 +769,8 @@ static void load_dir(build *b, const char *base, const char *dir)
     size_t n = 0, cap = 0, i, dl = strlen(dir);
 
     if (!d) {
-        snprintf(why, sizeof why, "skipped: cannot open the folder %s (%s); check the tenant's kb: list",
-                 full, strerror(errno));
+        snprintf(why, sizeof why, "skipped: cannot open the folder %s (%s); check the tenant's kb: list", full,
+                 strerror(errno));
         warn(b, dir, why);
         free(full);
         return;
@@ -780,8 +791,7 @@ static void load_dir(build *b, const char *base, const char *dir)
     qsort(names, n, sizeof *names, cmp_cstr);
     for (i = 0; i < n; i++) {
         char *fp = util_path_join(full, names[i]);
-        char *shown = util_asprintf("%.*s/%s", (int)(dl > 0 && dir[dl - 1] == '/' ? dl - 1 : dl),
-                                    dir, names[i]);
+        char *shown = util_asprintf("%.*s/%s", (int)(dl > 0 && dir[dl - 1] == '/' ? dl - 1 : dl), dir, names[i]);
         load_file(b, fp, shown);
         free(fp);
         free(shown);
@@ -798,8 +808,8 @@ static void warn_langs(build *b, const char *err)
         warn(b, "languages", err);
 }
 
-kb *kb_build(const char *base_dir, const char *const *dirs, size_t ndirs,
-             const char *const *langs, size_t nlangs, kb_warn_fn warnfn, void *ctx)
+kb *kb_build(const char *base_dir, const char *const *dirs, size_t ndirs, const char *const *langs, size_t nlangs,
+             kb_warn_fn warnfn, void *ctx)
 {
     kb *k = calloc(1, sizeof *k);
     build b;
@@ -859,7 +869,7 @@ kb *kb_build(const char *base_dir, const char *const *dirs, size_t ndirs,
 /* ---- search -------------------------------------------------------------------------- */
 
 typedef struct qword {
-    double weight; /* IDF used for coverage */
+    double weight;    /* IDF used for coverage */
     int last_of_pair; /* followed by a joined form ("mail" of "e-mail") */
     char plain[TEXT_WORD_MAX * 2 + 1];
 } qword;
@@ -887,8 +897,7 @@ static double idf_df(const kb *k, double df)
 }
 
 /* Adds a query term (or merges it): stem_mask/pref_mask say which words it covers. */
-static void query_add_term(query *q, uint32_t term, uint32_t stem_mask, uint32_t pref_mask,
-                           float w, int prefix)
+static void query_add_term(query *q, uint32_t term, uint32_t stem_mask, uint32_t pref_mask, float w, int prefix)
 {
     size_t i;
     uint32_t mask = stem_mask | pref_mask;
@@ -915,13 +924,13 @@ static void query_add_term(query *q, uint32_t term, uint32_t stem_mask, uint32_t
 static const struct {
     const char *cue, *expand;
 } cues[] = {
-    {"mennyibe", "ár díj"},   {"mennyiert", "ár díj"}, {"mibe", "ár díj"},
-    {"kerul", "ár díj"},      {"koltseg", "ár díj"},   {"cost", "price fee"},
-    {"costs", "price fee"},   {"much", "price fee"},   {"charge", "price fee"},
-    {"kostet", "preis"},      {"kosten", "preis"},     {"mikor", "nyitvatartás"},
+    {"mennyibe", "ár díj"},      {"mennyiert", "ár díj"},    {"mibe", "ár díj"},
+    {"kerul", "ár díj"},         {"koltseg", "ár díj"},      {"cost", "price fee"},
+    {"costs", "price fee"},      {"much", "price fee"},      {"charge", "price fee"},
+    {"kostet", "preis"},         {"kosten", "preis"},        {"mikor", "nyitvatartás"},
     {"hanykor", "nyitvatartás"}, {"nyitva", "nyitvatartás"}, {"when", "opening hours"},
-    {"open", "opening hours"}, {"wann", "öffnungszeiten"}, {"hol", "cím"},
-    {"where", "address"},     {"wo", "adresse"},
+    {"open", "opening hours"},   {"wann", "öffnungszeiten"}, {"hol", "cím"},
+    {"where", "address"},        {"wo", "adresse"},
 };
 
 static void query_cues(const kb *k, query *q, const char *word, size_t n)
@@ -1040,8 +1049,7 @@ size_t kb_search(const kb *k, const char *text, kb_hit *out, size_t max_hits)
             if (!k->stem_mask[c] && !k->pref_mask[c] && k->acc[c] == 0.0f)
                 k->touched[ntouched++] = c;
             k->acc[c] += (float)(idf * tf * (KB_BM25_K1 + 1) /
-                                 (tf + KB_BM25_K1 * (1 - KB_BM25_B +
-                                                     KB_BM25_B * k->dl[c] / k->avgdl)));
+                                 (tf + KB_BM25_K1 * (1 - KB_BM25_B + KB_BM25_B * k->dl[c] / k->avgdl)));
             if (t->prefix)
                 k->pref_mask[c] |= t->mask;
             else
@@ -1089,9 +1097,9 @@ typedef struct span {
 
 static int is_abbrev(const char *t, size_t end)
 {
-    static const char *const abbr[] = {"kft", "bt", "zrt", "nyrt", "pl", "kb", "stb", "ill",
-                                       "dr", "mr", "mrs", "ms", "st", "nr", "ca", "vs", "eg",
-                                       "ie", "tel", "max", "min", "u", "krt", "sz", "db"};
+    static const char *const abbr[] = {"kft", "bt",  "zrt", "nyrt", "pl",  "kb", "stb", "ill", "dr",
+                                       "mr",  "mrs", "ms",  "st",   "nr",  "ca", "vs",  "eg",  "ie",
+                                       "tel", "max", "min", "u",    "krt", "sz", "db"};
     size_t b = end, i;
     char w[8];
     while (b > 0 && ((t[b - 1] >= 'a' && t[b - 1] <= 'z') || (t[b - 1] >= 'A' && t[b - 1] <= 'Z')))
@@ -1179,6 +1187,30 @@ static double sentence_score(const kb *k, const query *q, int lang, const char *
     return score;
 }
 
+/* A span that is a whole line of the text (a table row, a list item). */
+static int is_line(const char *t, size_t n, span sp)
+{
+    size_t a = sp.s, z = sp.e;
+    while (a > 0 && t[a - 1] == ' ')
+        a--;
+    while (z < n && t[z] == ' ')
+        z++;
+    return (a == 0 || t[a - 1] == '\n') && (z == n || t[z] == '\n');
+}
+
+/* Between A and B there is exactly one line break and nothing else but blanks. */
+static int one_newline(const char *t, size_t a, size_t b)
+{
+    int nl = 0;
+    for (size_t i = a; i < b; i++) {
+        if (t[i] == '\n')
+            nl++;
+        else if (t[i] != ' ')
+            return 0;
+    }
+    return nl == 1;
+}
+
 static int cmp_span_score(const void *a, const void *b)
 {
     const span *x = a, *y = b;
@@ -1229,6 +1261,32 @@ char *kb_excerpt(const kb *k, const kb_chunk *c, const char *qtext, size_t max_c
         pick[npick++] = sp[i];
         used += need;
     }
+    if (matched && npick > 0) {
+        /* a matched table row or list line brings the rest of its block (the
+         * other rows of the price table), as far as max_chars allows */
+        qsort(sp, n, sizeof *sp, cmp_span_pos);
+        int grew = 1;
+        while (grew) {
+            grew = 0;
+            for (i = 0; i < n; i++) {
+                size_t len = sp[i].e - sp[i].s, j;
+                int picked = 0, near = 0;
+                for (j = 0; j < npick; j++)
+                    picked |= pick[j].s == sp[i].s;
+                if (picked || !is_line(c->text, c->text_len, sp[i]) || used + len + 1 > max_chars)
+                    continue;
+                for (j = 0; j < npick && !near; j++)
+                    near = is_line(c->text, c->text_len, pick[j]) &&
+                           ((i > 0 && pick[j].s == sp[i - 1].s && one_newline(c->text, sp[i - 1].e, sp[i].s)) ||
+                            (i + 1 < n && pick[j].s == sp[i + 1].s && one_newline(c->text, sp[i].e, sp[i + 1].s)));
+                if (near) {
+                    pick[npick++] = sp[i];
+                    used += len + 1;
+                    grew = 1;
+                }
+            }
+        }
+    }
     if (npick == 0 && n > 0 && max_chars > 0) { /* one sentence longer than max_chars */
         size_t cut = sp[0].s + max_chars;
         while (cut > sp[0].s && ((unsigned char)c->text[cut] & 0xC0) == 0x80)
@@ -1237,8 +1295,10 @@ char *kb_excerpt(const kb *k, const kb_chunk *c, const char *qtext, size_t max_c
     } else {
         qsort(pick, npick, sizeof *pick, cmp_span_pos);
         for (i = 0; i < npick; i++) {
-            if (i)
-                sb_append(&out, " ", 1);
+            if (i) { /* keep line structure (table rows, list items) where the text had it */
+                int nl = memchr(c->text + pick[i - 1].e, '\n', pick[i].s - pick[i - 1].e) != NULL;
+                sb_append(&out, nl ? "\n" : " ", 1);
+            }
             sb_append(&out, c->text + pick[i].s, pick[i].e - pick[i].s);
         }
     }

@@ -6,7 +6,10 @@
  * inverted index over normalised terms (core/text.h: case- and accent-folded Snowball
  * stems for the tenant's languages, plus a short accent-free word prefix that catches
  * typos and unknown inflections). Heading words count KB_HEADING_WEIGHT times.
- * The request path only calls kb_search / kb_excerpt, which do not allocate per token.
+ * Chunks are stemmed in the language their stop words show; a query is stemmed in its own
+ * language when its stop words tell, else in all the tenant's languages. A few question cue
+ * words ("mennyibe", "how much", "when") add a light weight to the words that answer them.
+ * The request path only calls kb_search / kb_excerpt; kb_search does not allocate.
  */
 #ifndef KOKO_CORE_KB_H
 #define KOKO_CORE_KB_H
@@ -70,8 +73,8 @@ typedef struct kb_hit {
  * the build. All arguments are borrowed for the call.
  * Returns NULL only when out of memory; the caller frees the result with kb_free.
  */
-kb *kb_build(const char *base_dir, const char *const *dirs, size_t ndirs,
-             const char *const *langs, size_t nlangs, kb_warn_fn warn, void *ctx);
+kb *kb_build(const char *base_dir, const char *const *dirs, size_t ndirs, const char *const *langs, size_t nlangs,
+             kb_warn_fn warn, void *ctx);
 
 /*
  * Top max_hits chunks for query, best first, written to out; returns how many (0 when
@@ -98,8 +101,8 @@ int kb_answerable(const kb_hit *best, double min_score, double min_coverage);
 char *kb_excerpt(const kb *k, const kb_chunk *c, const char *query, size_t max_chars);
 
 size_t kb_chunk_count(const kb *k);
-size_t kb_file_count(const kb *k);  /* files indexed (skipped ones not counted) */
-size_t kb_bytes(const kb *k);       /* total size of the indexed files' contents */
+size_t kb_file_count(const kb *k);                  /* files indexed (skipped ones not counted) */
+size_t kb_bytes(const kb *k);                       /* total size of the indexed files' contents */
 const kb_chunk *kb_chunk_at(const kb *k, size_t i); /* NULL when i is out of range */
 
 /* FNV-1a 64 over every indexed file's path and contents, as 16 hex digits; owned by k. */

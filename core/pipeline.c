@@ -19,6 +19,7 @@
 #include "log.h"
 #include "memory.h"
 #include "pipeline.h"
+#include "guard.h"
 #include "router.h"
 #include "text.h"
 #include "util.h"
@@ -32,11 +33,33 @@
 
 /* ---- conversations: small chained hash + LRU list ---- */
 
+typedef enum owner { OWNER_BOT = 0, OWNER_HUMAN, OWNER_RESOLVED } owner;
+static const char *const owner_names[] = {"bot", "human", "resolved"};
+
+/* A channel message accepted and not answered yet: a deep copy. */
+typedef struct msgcopy {
+    koko_msg m;
+    char *strs[9];
+    json_t *meta, *headers;
+    koko_attachment *att;
+    struct msgcopy *next;
+} msgcopy;
+
+struct job;
+struct pipeline;
+
 typedef struct conv {
     char *key;
     char lang[8];
     koko_turn *turns; /* oldest first; role static, text owned */
     size_t n_turns;
+    owner owner;
+    /* coalescing: messages waiting for one answer, the quiet timer, the job answering them */
+    struct pipeline *p;
+    msgcopy *queue, *queue_tail;
+    size_t n_queue;
+    struct event *quiet_ev;
+    struct job *running;
     struct conv *hnext;         /* hash chain */
     struct conv *lru_prev, *lru_next;
 } conv;
@@ -86,8 +109,31 @@ static void lru_push(pipeline *p, conv *c)
         p->lru_tail = c;
 }
 
+static void msgcopy_free(msgcopy *mc)
+{
+    for (size_t i = 0; i < sizeof mc->strs / sizeof *mc->strs; i++)
+        free(mc->strs[i]);
+    json_decref(mc->meta);
+    json_decref(mc->headers);
+    if (mc->att)
+        for (size_t i = 0; i < mc->m.n_attachments; i++) {
+            free((char *)mc->att[i].kind);
+            free((char *)mc->att[i].url);
+            free((char *)mc->att[i].content_type);
+        }
+    free(mc->att);
+    free(mc);
+}
+
 static void conv_free(conv *c)
 {
+    while (c->queue) {
+        msgcopy *n = c->queue->next;
+        msgcopy_free(c->queue);
+        c->queue = n;
+    }
+    if (c->quiet_ev)
+        event_free(c->quiet_ev);
     for (size_t i = 0; i < c->n_turns; i++)
         free((char *)c->turns[i].text);
     free(c->turns);
@@ -117,9 +163,15 @@ static conv *conv_get(pipeline *p, const char *key, int create)
         }
     if (!create)
         return NULL;
-    if (p->n_convs >= CONV_CAP)
-        conv_remove(p, p->lru_tail);
+    if (p->n_convs >= CONV_CAP) {
+        conv *victim = p->lru_tail;
+        while (victim && (victim->queue || victim->running || victim->owner != OWNER_BOT))
+            victim = victim->lru_prev;
+        if (victim)
+            conv_remove(p, victim);
+    }
     conv *c = xcalloc(1, sizeof *c);
+    c->p = p;
     c->key = xstrdup(key);
     c->hnext = p->buckets[b];
     p->buckets[b] = c;
@@ -214,11 +266,14 @@ typedef struct job {
     double started;
     chat_fn done;
     void *arg;
-    /* a channel message being answered */
+    /* a channel message being answered: the conversation and how many of
+     * its queued messages this answer covers */
     koko_instance *channel_inst;
-    koko_msg msg;
-    json_t *msg_meta;
-    char *msg_strs[8];
+    conv *conv;
+    size_t batch;
+    int superseded;
+    const koko_msg *msg; /* the last message of the batch (owned by conv's queue) */
+    const char *channel_handoff; /* the channel asked for a human */
 } job;
 
 /* One generate() call; its answer counts only while the job is still at
@@ -243,9 +298,6 @@ static void job_free(job *j)
     free(j->history);
     json_decref(j->tools);
     json_decref(j->attempts);
-    json_decref(j->msg_meta);
-    for (size_t i = 0; i < 8; i++)
-        free(j->msg_strs[i]);
     if (j->deadline)
         event_free(j->deadline);
     j->p->inflight--;
@@ -570,7 +622,10 @@ static void start_job(job *j)
     j->chain = j->route && j->route->chain ? j->route->chain : t->chain;
     j->n_chain = j->route && j->route->chain ? j->route->n_chain : t->n_chain;
     j->tools = tool_declarations(t, j->route);
-    if (j->route && j->route->handoff) {
+    if (j->channel_handoff) {
+        j->want_handoff = 1;
+        j->human_reason = j->channel_handoff;
+    } else if (j->route && j->route->handoff) {
         j->want_handoff = 1;
         j->human_reason = "the route sends these messages to a human";
     } else if (asks_for_human(t, j->text)) {
@@ -610,45 +665,144 @@ void pipeline_chat(pipeline *p, generation *g, const chat_input *in, chat_fn don
     start_job(j);
 }
 
-/* ---- channel messages ---- */
+/* ---- channel messages: guard, ownership, coalescing, delivery ---- */
 
 typedef struct submit_ack {
     koko_submit_fn done;
     void *arg;
     koko_submit_status st;
     char error[256];
-    job *j; /* to start after the acknowledgement, may be NULL */
 } submit_ack;
+
+static char *dup_or_null(const char *s) { return s ? xstrdup(s) : NULL; }
+
+static msgcopy *msgcopy_new(const koko_msg *m, const char *tenant_name, const char *channel)
+{
+    msgcopy *mc = xcalloc(1, sizeof *mc);
+    int v11 = KOKO_HAS_FIELD(m, koko_msg, n_attachments);
+    mc->m.size = sizeof(koko_msg);
+    mc->m.tenant = mc->strs[0] = xstrdup(tenant_name);
+    mc->m.channel = mc->strs[1] = xstrdup(channel);
+    mc->m.msg_id = mc->strs[2] = dup_or_null(m->msg_id);
+    mc->m.conversation_id = mc->strs[3] = dup_or_null(m->conversation_id);
+    mc->m.contact_id = mc->strs[4] = dup_or_null(m->contact_id);
+    mc->m.inbox = mc->strs[5] = dup_or_null(m->inbox);
+    mc->m.text = mc->strs[6] = xstrdup(m->text ? m->text : "");
+    mc->m.language = mc->strs[7] = dup_or_null(m->language);
+    mc->m.created_at = m->created_at;
+    mc->meta = m->meta ? json_deep_copy(m->meta) : NULL;
+    mc->m.meta = mc->meta;
+    if (v11) {
+        mc->m.kind = m->kind;
+        mc->m.sender = m->sender;
+        mc->m.is_private = m->is_private;
+        mc->m.auto_reply = m->auto_reply;
+        mc->m.quiet_ms = m->quiet_ms;
+        mc->m.handoff = mc->strs[8] = dup_or_null(m->handoff);
+        mc->m.n_attachments = m->attachments ? m->n_attachments : 0;
+        if (mc->m.n_attachments) {
+            mc->att = xcalloc(mc->m.n_attachments, sizeof *mc->att);
+            for (size_t i = 0; i < mc->m.n_attachments; i++)
+                mc->att[i] = (koko_attachment){.kind = dup_or_null(m->attachments[i].kind),
+                                               .url = dup_or_null(m->attachments[i].url),
+                                               .content_type = dup_or_null(m->attachments[i].content_type),
+                                               .size = m->attachments[i].size};
+            mc->m.attachments = mc->att;
+        }
+        /* subject, from, headers, content_type, skip only matter to the guard,
+         * which has run by the time a copy is made */
+    }
+    return mc;
+}
+
+static char *conv_key_of(const char *tenant_name, const char *channel, const char *conv_id)
+{
+    return util_asprintf("%s\x1f%s\x1f%s", tenant_name, channel, conv_id);
+}
+
+static koko_instance *tenant_channel(const tenant *t, const char *name)
+{
+    for (size_t i = 0; i < t->n_channels; i++)
+        if (strcmp(t->channels[i]->desc->name, name) == 0)
+            return t->channels[i];
+    return NULL;
+}
+
+static void set_owner(conv *c, owner o, const char *why)
+{
+    if (c->owner == o)
+        return;
+    log_info("pipeline", "conversation %s: owner %s → %s (%s)", strrchr(c->key, '\x1f') + 1, owner_names[c->owner],
+             owner_names[o], why);
+    c->owner = o;
+}
+
+/* Forget the messages waiting in C (a human took over): nothing is posted for them. */
+static void conv_drop_pending(conv *c)
+{
+    if (c->running) {
+        c->running->superseded = 1;
+        c->running = NULL;
+    }
+    if (c->quiet_ev)
+        event_del(c->quiet_ev);
+    while (c->queue) {
+        msgcopy *n = c->queue->next;
+        msgcopy_free(c->queue);
+        c->queue = n;
+    }
+    c->queue_tail = NULL;
+    c->n_queue = 0;
+}
 
 static void on_delivered(koko_status st, const char *error, void *arg)
 {
     job *j = arg;
+    conv *c = j->conv;
     if (st != KOKO_OK)
         log_error(j->channel_inst->prefix, "reply to conversation %s not delivered: %s", j->conv_id,
                   error ? error : "no reason given");
     kokod_count(j->p->kd, j->t->name, st == KOKO_OK ? "delivered" : "delivery_failed", 1);
+    /* the batch is answered (or given up on): take it off the queue */
+    if (c && c->running == j) {
+        for (size_t i = 0; i < j->batch && c->queue; i++) {
+            msgcopy *n = c->queue->next;
+            msgcopy_free(c->queue);
+            c->queue = n;
+            c->n_queue--;
+        }
+        if (!c->queue)
+            c->queue_tail = NULL;
+        c->running = NULL;
+        j->msg = NULL;
+    }
     j->calls--;
     job_maybe_free(j);
 }
 
 static void deliver_result(job *j, const chat_answer *a)
 {
-    koko_instance *ch = NULL;
-    for (size_t i = 0; i < j->t->n_channels; i++)
-        if (strcmp(j->t->channels[i]->desc->name, j->channel) == 0)
-            ch = j->t->channels[i];
+    conv *c = j->conv;
+    if (j->superseded || !c || c->running != j) {
+        log_info("pipeline", "%s: answer for conversation %s superseded by a newer message; not posted", j->t->name,
+                 j->conv_id);
+        kokod_count(j->p->kd, j->t->name, "superseded", 1);
+        return;
+    }
+    koko_instance *ch = tenant_channel(j->t, j->channel);
     if (!ch || ch->st == INST_DEAD) {
         log_error("pipeline", "%s: channel %s is gone; reply to conversation %s dropped", j->t->name, j->channel,
                   j->conv_id);
+        c->running = NULL;
         return;
     }
     j->channel_inst = ch;
     const koko_channel_ops *ops = ch->desc->ops;
-    char *idem = util_asprintf("%s:%s", j->channel, j->msg.msg_id);
+    char *idem = util_asprintf("%s:%s", j->channel, j->msg->msg_id);
     koko_reply rep = {
         .size = sizeof rep,
-        .msg = &j->msg,
-        .text = a->handoff && a->reply == NULL ? "" : a->reply,
+        .msg = j->msg,
+        .text = a->reply ? a->reply : "",
         .language = a->language,
         .handoff = a->handoff,
         .handoff_reason = a->handoff_reason,
@@ -657,83 +811,219 @@ static void deliver_result(job *j, const chat_answer *a)
         .confidence = a->confidence,
         .backend = a->backend,
         .idempotency_key = idem,
+        .question = j->text,
     };
+    if (a->handoff)
+        set_owner(c, OWNER_HUMAN, a->handoff_reason ? a->handoff_reason : "handoff");
     if (KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing)
-        ops->typing(ch->state, &j->msg, 0);
+        ops->typing(ch->state, j->msg, 0);
     j->calls++;
     ops->deliver(ch->state, &rep, on_delivered, j);
     free(idem);
 }
 
+/* The quiet window of C ended: one job answers everything queued. */
+static void on_quiet(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conv *c = arg;
+    pipeline *p = c->p;
+    if (!c->queue || c->running)
+        return;
+    generation *g = p->kd->current;
+    tenant *t = g ? gen_tenant(g, c->queue->m.tenant) : NULL;
+    if (!t || p->kd->stopping) {
+        log_warn("pipeline", "conversation %s: tenant gone or stopping; %zu message(s) not answered", c->key, c->n_queue);
+        return;
+    }
+    strbuf sb = {0};
+    const msgcopy *last = NULL;
+    const char *handoff = NULL;
+    for (const msgcopy *mc = c->queue; mc; mc = mc->next) {
+        if (mc->m.text && *mc->m.text)
+            sb_printf(&sb, "%s%s", sb.len ? "\n" : "", mc->m.text);
+        if (mc->m.handoff)
+            handoff = mc->m.handoff;
+        last = mc;
+    }
+    chat_input in = {.tenant = t->name, .text = sb.buf ? sb.buf : "", .conversation_id = last->m.conversation_id,
+                     .language = last->m.language, .channel = last->m.channel, .inbox = last->m.inbox};
+    job *j = job_new(p, g, t, &in);
+    sb_free(&sb);
+    j->conv = c;
+    j->batch = c->n_queue;
+    j->msg = &last->m;
+    j->channel_handoff = handoff;
+    c->running = j;
+    koko_instance *ch = tenant_channel(t, last->m.channel);
+    if (ch && ch->st != INST_DEAD) {
+        const koko_channel_ops *ops = ch->desc->ops;
+        if (KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing)
+            ops->typing(ch->state, &last->m, 1);
+    }
+    start_job(j);
+}
+
+static void count_drop(kokod *kd, const char *tenant_name, const char *code)
+{
+    char *k = util_asprintf("filtered.%s", code);
+    kokod_count(kd, tenant_name, k, 1);
+    kokod_count(kd, tenant_name, "filtered", 1);
+    free(k);
+}
+
+/* The accepted message M of channel CH: guard, ownership, then into the conversation's queue. */
+static void take_message(pipeline *p, tenant *t, koko_instance *ch, const koko_msg *m)
+{
+    kokod *kd = p->kd;
+    char *key = conv_key_of(t->name, ch->desc->name, m->conversation_id);
+    guard_verdict v;
+    if (guard_check(m, &v)) {
+        if (strcmp(v.code, "agent_reply") == 0) {
+            conv *c = conv_get(p, key, 1);
+            conv_drop_pending(c);
+            set_owner(c, OWNER_HUMAN, "an agent replied");
+        }
+        log_info("guard", "%s/%s: message %s in conversation %s dropped: %s", t->name, ch->desc->name, m->msg_id,
+                 m->conversation_id, v.detail);
+        count_drop(kd, t->name, v.code);
+        free(key);
+        return;
+    }
+    conv *c = conv_get(p, key, 1);
+    free(key);
+    if (c->owner == OWNER_HUMAN) {
+        log_info("guard", "%s/%s: message %s dropped: conversation %s is owned by a human", t->name, ch->desc->name,
+                 m->msg_id, m->conversation_id);
+        count_drop(kd, t->name, "owned_by_human");
+        return;
+    }
+    if (c->owner == OWNER_RESOLVED)
+        set_owner(c, OWNER_BOT, "the customer wrote again");
+    msgcopy *mc = msgcopy_new(m, t->name, ch->desc->name);
+    if (c->queue_tail)
+        c->queue_tail->next = mc;
+    else
+        c->queue = mc;
+    c->queue_tail = mc;
+    c->n_queue++;
+    if (c->running) { /* a newer message supersedes the answer being made */
+        c->running->superseded = 1;
+        c->running = NULL;
+    }
+    if (!c->quiet_ev)
+        c->quiet_ev = evtimer_new(kd->base, on_quiet, c);
+    uint32_t q = KOKO_HAS_FIELD(m, koko_msg, quiet_ms) ? m->quiet_ms : 0;
+    struct timeval tv = {q / 1000, (q % 1000) * 1000};
+    evtimer_add(c->quiet_ev, &tv);
+}
+
+typedef struct taken {
+    submit_ack ack;
+    pipeline *p;
+    koko_instance *ch;
+    msgcopy *copy;   /* the accepted message, kept until the ack has been sent */
+    const koko_msg *orig_guard; /* the guard-only fields live in this copy */
+    json_t *headers;
+    char *subject, *from, *content_type, *skip;
+} taken;
+
 static void ack_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    submit_ack *a = arg;
-    a->done(a->st, a->st == KOKO_SUBMIT_REJECTED ? a->error : NULL, a->arg);
-    if (a->j) {
-        job *j = a->j;
-        koko_instance *ch = NULL;
-        for (size_t i = 0; i < j->t->n_channels; i++)
-            if (strcmp(j->t->channels[i]->desc->name, j->channel) == 0)
-                ch = j->t->channels[i];
-        if (ch) {
-            const koko_channel_ops *ops = ch->desc->ops;
-            if (KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing)
-                ops->typing(ch->state, &j->msg, 1);
+    taken *tk = arg;
+    tk->ack.done(tk->ack.st, tk->ack.st == KOKO_SUBMIT_REJECTED ? tk->ack.error : NULL, tk->ack.arg);
+    if (tk->copy) {
+        kokod *kd = tk->p->kd;
+        tenant *t = kd->current ? gen_tenant(kd->current, tk->copy->m.tenant) : NULL;
+        koko_instance *ch = t ? tenant_channel(t, tk->copy->m.channel) : NULL;
+        if (t && ch) {
+            tk->copy->m.subject = tk->subject;
+            tk->copy->m.from = tk->from;
+            tk->copy->m.headers = tk->headers;
+            tk->copy->m.content_type = tk->content_type;
+            tk->copy->m.skip = tk->skip;
+            take_message(tk->p, t, ch, &tk->copy->m);
         }
-        start_job(j);
+        msgcopy_free(tk->copy);
     }
-    free(a);
-}
-
-static char *keep(job *j, int slot, const char *s)
-{
-    j->msg_strs[slot] = s ? xstrdup(s) : NULL;
-    return j->msg_strs[slot];
+    json_decref(tk->headers);
+    free(tk->subject);
+    free(tk->from);
+    free(tk->content_type);
+    free(tk->skip);
+    free(tk);
 }
 
 void pipeline_submit(pipeline *p, koko_instance *channel, const koko_msg *msg, koko_submit_fn done, void *arg)
 {
     kokod *kd = p->kd;
-    submit_ack *a = xcalloc(1, sizeof *a);
-    a->done = done;
-    a->arg = arg;
+    taken *tk = xcalloc(1, sizeof *tk);
+    tk->p = p;
+    tk->ch = channel;
+    tk->ack.done = done;
+    tk->ack.arg = arg;
     generation *g = kd->current;
-    tenant *t = gen_tenant(g, channel->tenant);
+    tenant *t = g ? gen_tenant(g, channel->tenant) : NULL;
     if (kd->stopping || !t) {
-        a->st = KOKO_SUBMIT_REJECTED;
-        snprintf(a->error, sizeof a->error, "%s", kd->stopping ? "kokod is stopping" : "tenant no longer configured");
+        tk->ack.st = KOKO_SUBMIT_REJECTED;
+        snprintf(tk->ack.error, sizeof tk->ack.error, "%s", kd->stopping ? "kokod is stopping" : "tenant no longer configured");
     } else if (!msg || !msg->msg_id || !*msg->msg_id || !msg->conversation_id || !*msg->conversation_id) {
-        a->st = KOKO_SUBMIT_REJECTED;
-        snprintf(a->error, sizeof a->error, "message without msg_id or conversation_id");
+        tk->ack.st = KOKO_SUBMIT_REJECTED;
+        snprintf(tk->ack.error, sizeof tk->ack.error, "message without msg_id or conversation_id");
     } else {
         char *key = util_asprintf("%s\x1f%s\x1f%s", t->name, channel->desc->name, msg->msg_id);
-        a->st = dedup_seen(p, key) ? KOKO_SUBMIT_DUPLICATE : KOKO_SUBMIT_ACCEPTED;
+        tk->ack.st = dedup_seen(p, key) ? KOKO_SUBMIT_DUPLICATE : KOKO_SUBMIT_ACCEPTED;
         free(key);
     }
-    if (a->st == KOKO_SUBMIT_ACCEPTED) {
-        chat_input in = {.tenant = t->name, .text = msg->text ? msg->text : "",
-                         .conversation_id = msg->conversation_id, .language = msg->language,
-                         .channel = channel->desc->name, .inbox = msg->inbox};
-        job *j = job_new(p, g, t, &in);
-        j->msg = (koko_msg){.size = sizeof(koko_msg), .created_at = msg->created_at};
-        j->msg.tenant = keep(j, 0, t->name);
-        j->msg.channel = keep(j, 1, channel->desc->name);
-        j->msg.msg_id = keep(j, 2, msg->msg_id);
-        j->msg.conversation_id = keep(j, 3, msg->conversation_id);
-        j->msg.contact_id = keep(j, 4, msg->contact_id);
-        j->msg.inbox = keep(j, 5, msg->inbox);
-        j->msg.text = keep(j, 6, msg->text);
-        j->msg.language = keep(j, 7, msg->language);
-        j->msg_meta = msg->meta ? json_deep_copy(msg->meta) : NULL;
-        j->msg.meta = j->msg_meta;
-        a->j = j;
+    if (tk->ack.st == KOKO_SUBMIT_ACCEPTED) {
+        tk->copy = msgcopy_new(msg, t->name, channel->desc->name);
+        if (KOKO_HAS_FIELD(msg, koko_msg, n_attachments)) {
+            tk->headers = msg->headers ? json_deep_copy(msg->headers) : NULL;
+            tk->subject = dup_or_null(msg->subject);
+            tk->from = dup_or_null(msg->from);
+            tk->content_type = dup_or_null(msg->content_type);
+            tk->skip = dup_or_null(msg->skip);
+        }
         kokod_count(kd, t->name, "accepted", 1);
     } else if (t) {
-        kokod_count(kd, t->name, a->st == KOKO_SUBMIT_DUPLICATE ? "duplicates" : "rejected", 1);
+        kokod_count(kd, t->name, tk->ack.st == KOKO_SUBMIT_DUPLICATE ? "duplicates" : "rejected", 1);
     }
-    event_base_once(kd->base, -1, EV_TIMEOUT, ack_cb, a, &(struct timeval){0, 0});
+    event_base_once(kd->base, -1, EV_TIMEOUT, ack_cb, tk, &(struct timeval){0, 0});
+}
+
+void pipeline_conversation(pipeline *p, koko_instance *channel, const char *conversation_id, koko_conv_event ev,
+                           const char *detail)
+{
+    if (!conversation_id || !*conversation_id)
+        return;
+    char *key = conv_key_of(channel->tenant, channel->desc->name, conversation_id);
+    conv *c = conv_get(p, key, 1);
+    free(key);
+    const char *why = detail ? detail : "reported by the channel";
+    switch (ev) {
+    case KOKO_CONV_HUMAN:
+        conv_drop_pending(c);
+        set_owner(c, OWNER_HUMAN, why);
+        break;
+    case KOKO_CONV_RESOLVED:
+        conv_drop_pending(c);
+        set_owner(c, OWNER_RESOLVED, why);
+        break;
+    case KOKO_CONV_BOT:
+        set_owner(c, OWNER_BOT, why);
+        break;
+    }
+}
+
+const char *pipeline_owner(pipeline *p, const char *tenant_name, const char *channel, const char *conversation_id)
+{
+    char *key = conv_key_of(tenant_name, channel, conversation_id);
+    conv *c = conv_get(p, key, 0);
+    free(key);
+    return owner_names[c ? c->owner : OWNER_BOT];
 }
 
 pipeline *pipeline_new(kokod *kd)

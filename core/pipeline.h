@@ -54,6 +54,12 @@ void pipeline_chat(pipeline *p, generation *g, const chat_input *in, chat_fn don
  * it and deliver the reply through the channel. */
 void pipeline_submit(pipeline *p, koko_instance *channel, const koko_msg *msg, koko_submit_fn done, void *arg);
 
+/* koko_host.conversation: ownership events from a channel. */
+void pipeline_conversation(pipeline *p, koko_instance *channel, const char *conversation_id, koko_conv_event ev,
+                           const char *detail);
+/* "bot", "human" or "resolved" (tests, kokoctl). */
+const char *pipeline_owner(pipeline *p, const char *tenant_name, const char *channel, const char *conversation_id);
+
 /* Jobs in flight (status, graceful stop). */
 size_t pipeline_inflight(const pipeline *p);
 

@@ -45,8 +45,7 @@ uint32_t text_utf8_decode(const char *s, size_t len, size_t *adv)
             return TEXT_BAD_CP;
         cp = (cp << 6) | (p[i] & 0x3F);
     }
-    if ((need == 2 && cp < 0x800) || (need == 3 && cp < 0x10000) || cp > 0x10FFFF ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
+    if ((need == 2 && cp < 0x800) || (need == 3 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
         return TEXT_BAD_CP;
     *adv = need + 1;
     return cp;
@@ -156,8 +155,8 @@ int text_is_word_cp(uint32_t cp)
         return 0;
     if (cp >= 0x2000 && cp <= 0x2BFF) /* punctuation, currency, arrows, symbols */
         return 0;
-    if ((cp >= 0x3000 && cp <= 0x303F) || (cp >= 0xE000 && cp <= 0xF8FF) ||
-        (cp >= 0xFE00 && cp <= 0xFE0F) || (cp >= 0xFF00 && cp <= 0xFF0F) || cp >= 0x1F000)
+    if ((cp >= 0x3000 && cp <= 0x303F) || (cp >= 0xE000 && cp <= 0xF8FF) || (cp >= 0xFE00 && cp <= 0xFE0F) ||
+        (cp >= 0xFF00 && cp <= 0xFF0F) || cp >= 0x1F000)
         return 0;
     return 1;
 }
@@ -198,8 +197,7 @@ size_t text_normalize(const char *in, size_t len, int unaccent, char *out, size_
     return o;
 }
 
-size_t text_next_word(const char *s, size_t len, size_t *pos, size_t *start, size_t *wlen,
-                      char *out, size_t cap)
+size_t text_next_word(const char *s, size_t len, size_t *pos, size_t *start, size_t *wlen, char *out, size_t cap)
 {
     size_t i = *pos, adv, b, o = 0, n;
     uint32_t cp;
@@ -239,46 +237,49 @@ size_t text_next_word(const char *s, size_t len, size_t *pos, size_t *start, siz
 /* ---- stop words ---------------------------------------------------------------------- */
 
 static const char *const stop_hu[] = {
-    "a", "abban", "adj", "adjatok", "akár", "akkor", "aki", "akik", "ahol", "ahogy", "amely",
-    "amelyik", "ami", "amikor", "amit", "amíg", "az", "azt", "azok", "azon", "azért", "azzal",
-    "be", "bár", "csak", "de", "e", "egy", "egyik", "el", "előre", "ebben", "én", "engem",
-    "ennek", "erre", "és", "ez", "ezek", "ezt", "ezzel", "fel", "hali", "halló", "hello",
-    "helló", "hogy", "hogyan", "hol", "honnan", "hova", "hová", "hány", "hányan", "hánykor",
-    "igen", "illetve", "is", "itt", "jó", "jól", "kell", "kellene", "kérdés", "kérdezni",
-    "kérdeznék", "kérem", "kérek", "kérlek", "kérni", "kérnék", "akarok", "akarnék", "csinálni",
-    "csináljak", "esetleg", "ha", "hogyha", "ide", "jutok", "légyszi", "mire", "oda", "tenni", "ki", "kik", "kéne", "köszi", "köszönöm", "lehet",
-    "lehetne", "lenne", "lesz", "le", "meg", "mely", "melyik", "mennyi", "mennyibe",
-    "mennyiért", "mert", "még", "mi", "miért", "mik", "mikor", "milyen", "mint", "mit",
-    "mibe", "mivel", "most", "már", "nagyon", "neked", "nekem", "nektek", "nem", "nincs", "nálatok",
-    "nálunk", "ok", "oké", "ott", "pedig", "rá", "sem", "szeretnék", "szeretném",
-    "szeretnénk", "szia", "sziasztok", "te", "ti", "tudna", "tudnak", "tudnátok", "tudnék",
-    "tudok", "tudom", "tudtok", "után", "vagy", "vagyok", "vagytok", "van", "vannak", "vajon", "valami",
-    "volna", "volt", "érdeklődni", "érdeklődnék", "érdeklődöm", "ön", "önök", "önöknél",
-    "ő", "ők",
+    "a",          "abban",     "adj",       "adjatok",    "akár",   "akkor",     "aki",    "akik",       "ahol",
+    "ahogy",      "amely",     "amelyik",   "ami",        "amikor", "amit",      "amíg",   "az",         "azt",
+    "azok",       "azon",      "azért",     "azzal",      "be",     "bár",       "csak",   "de",         "e",
+    "egy",        "egyik",     "el",        "előre",      "ebben",  "én",        "engem",  "ennek",      "erre",
+    "és",         "ez",        "ezek",      "ezt",        "ezzel",  "fel",       "hali",   "halló",      "hello",
+    "helló",      "hogy",      "hogyan",    "hol",        "honnan", "hova",      "hová",   "hány",       "hányan",
+    "hánykor",    "igen",      "illetve",   "is",         "itt",    "jó",        "jól",    "kell",       "kellene",
+    "kérdés",     "kérdezni",  "kérdeznék", "kérem",      "kérek",  "kérlek",    "kérni",  "kérnék",     "akarok",
+    "akarnék",    "csinálni",  "csináljak", "esetleg",    "ha",     "hogyha",    "ide",    "jutok",      "légyszi",
+    "mire",       "oda",       "tenni",     "ki",         "kik",    "kéne",      "köszi",  "köszönöm",   "lehet",
+    "lehetne",    "lenne",     "lesz",      "le",         "meg",    "mely",      "melyik", "mennyi",     "mennyibe",
+    "mennyiért",  "mert",      "még",       "mi",         "miért",  "mik",       "mikor",  "milyen",     "mint",
+    "mit",        "mibe",      "mivel",     "most",       "már",    "nagyon",    "neked",  "nekem",      "nektek",
+    "nem",        "nincs",     "nálatok",   "nálunk",     "ok",     "oké",       "ott",    "pedig",      "rá",
+    "sem",        "szeretnék", "szeretném", "szeretnénk", "szia",   "sziasztok", "te",     "ti",         "tudna",
+    "tudnak",     "tudnátok",  "tudnék",    "tudok",      "tudom",  "tudtok",    "után",   "vagy",       "vagyok",
+    "vagytok",    "van",       "vannak",    "vajon",      "valami", "volna",     "volt",   "érdeklődni", "érdeklődnék",
+    "érdeklődöm", "ön",        "önök",      "önöknél",    "ő",      "ők",
 };
 
 static const char *const stop_en[] = {
-    "a", "about", "all", "also", "am", "an", "and", "any", "anything", "are", "as", "at", "be", "been",
-    "but", "by", "can", "could", "dear", "cant", "did", "didnt", "do", "does", "doesnt", "don", "dont", "doesn", "guys", "for", "from",
-    "get", "got", "had", "has", "have", "he", "hello", "her", "here", "hey", "hi", "how",
-    "i", "if", "im", "in", "is", "isn", "isnt", "ive", "it", "its", "just", "know", "like", "many", "may",
-    "me", "might", "much", "must", "my", "need", "no", "not", "of", "ok", "okay", "on", "or",
-    "our", "please", "pls", "she", "should", "so", "some", "tell", "thank", "thanks", "that",
-    "the", "their", "them", "there", "these", "they", "this", "those", "to", "too", "us",
-    "very", "want", "was", "we", "were", "what", "whats", "when", "where", "which", "who", "whom",
-    "why", "will", "with", "wont", "would", "yes", "you", "youre", "your",
+    "a",      "about", "all",   "also",   "am",    "an",    "and",   "any",   "anything", "are",   "as",   "at",
+    "be",     "been",  "but",   "by",     "can",   "could", "dear",  "cant",  "did",      "didnt", "do",   "does",
+    "doesnt", "don",   "dont",  "doesn",  "guys",  "for",   "from",  "get",   "got",      "had",   "has",  "have",
+    "he",     "hello", "her",   "here",   "hey",   "hi",    "how",   "i",     "if",       "im",    "in",   "is",
+    "isn",    "isnt",  "ive",   "it",     "its",   "just",  "know",  "like",  "many",     "may",   "me",   "might",
+    "much",   "must",  "my",    "need",   "no",    "not",   "of",    "ok",    "okay",     "on",    "or",   "our",
+    "please", "pls",   "she",   "should", "so",    "some",  "tell",  "thank", "thanks",   "that",  "the",  "their",
+    "them",   "there", "these", "they",   "this",  "those", "to",    "too",   "us",       "very",  "want", "was",
+    "we",     "were",  "what",  "whats",  "when",  "where", "which", "who",   "whom",     "why",   "will", "with",
+    "wont",   "would", "yes",   "you",    "youre", "your",
 };
 
 static const char *const stop_de[] = {
-    "aber", "am", "an", "auch", "auf", "aus", "bei", "bin", "bist", "bitte", "da", "danke",
-    "das", "dem", "den", "der", "des", "die", "dir", "dort", "du", "durch", "ein", "eine",
-    "einem", "einen", "einer", "eines", "er", "es", "euch", "für", "gibt", "guten", "hallo",
-    "hat", "haben", "habe", "hier", "ich", "ihr", "ihre", "im", "in", "ist", "ja", "kann",
-    "kein", "keine", "können", "könnte", "man", "mein", "meine", "mich", "mir", "mit",
-    "möchte", "möchten", "muss", "nach", "nein", "nicht", "noch", "nur", "oder", "schon",
-    "sehr", "sich", "sie", "sind", "so", "soll", "tag", "über", "um", "und", "uns", "unter",
-    "viel", "von", "vor", "wann", "war", "warum", "was", "welche", "wer", "wie", "wieviel",
-    "will", "wir", "wo", "würde", "zu", "zum", "zur",
+    "aber",  "am",      "an",     "auch",    "auf",   "aus",    "bei",    "bin",   "bist", "bitte",  "da",
+    "danke", "das",     "dem",    "den",     "der",   "des",    "die",    "dir",   "dort", "du",     "durch",
+    "ein",   "eine",    "einem",  "einen",   "einer", "eines",  "er",     "es",    "euch", "für",    "gibt",
+    "guten", "hallo",   "hat",    "haben",   "habe",  "hier",   "ich",    "ihr",   "ihre", "im",     "in",
+    "ist",   "ja",      "kann",   "kein",    "keine", "können", "könnte", "man",   "mein", "meine",  "mich",
+    "mir",   "mit",     "möchte", "möchten", "muss",  "nach",   "nein",   "nicht", "noch", "nur",    "oder",
+    "schon", "sehr",    "sich",   "sie",     "sind",  "so",     "soll",   "tag",   "über", "um",     "und",
+    "uns",   "unter",   "viel",   "von",     "vor",   "wann",   "war",    "warum", "was",  "welche", "wer",
+    "wie",   "wieviel", "will",   "wir",     "wo",    "würde",  "zu",     "zum",   "zur",
 };
 
 static int stop_list(const char *lang, const char *const **list, size_t *n)
@@ -330,12 +331,11 @@ struct text_analyzer {
 static const struct {
     const char *code, *snowball;
 } snowball_names[] = {
-    {"hu", "hungarian"}, {"en", "english"},    {"de", "german"},   {"fr", "french"},
-    {"es", "spanish"},   {"it", "italian"},    {"nl", "dutch"},    {"pt", "portuguese"},
-    {"ro", "romanian"},  {"sv", "swedish"},    {"da", "danish"},   {"no", "norwegian"},
-    {"nb", "norwegian"}, {"fi", "finnish"},    {"ru", "russian"},  {"tr", "turkish"},
-    {"el", "greek"},     {"lt", "lithuanian"}, {"sr", "serbian"},  {"ca", "catalan"},
-    {"eu", "basque"},    {"ga", "irish"},      {"id", "indonesian"},
+    {"hu", "hungarian"}, {"en", "english"},   {"de", "german"},     {"fr", "french"},   {"es", "spanish"},
+    {"it", "italian"},   {"nl", "dutch"},     {"pt", "portuguese"}, {"ro", "romanian"}, {"sv", "swedish"},
+    {"da", "danish"},    {"no", "norwegian"}, {"nb", "norwegian"},  {"fi", "finnish"},  {"ru", "russian"},
+    {"tr", "turkish"},   {"el", "greek"},     {"lt", "lithuanian"}, {"sr", "serbian"},  {"ca", "catalan"},
+    {"eu", "basque"},    {"ga", "irish"},     {"id", "indonesian"},
 };
 
 static const char *snowball_name(const char *code)
@@ -511,8 +511,8 @@ int text_analyzer_guess(const text_analyzer *a, const char *s, size_t len)
 }
 
 /* Appends term t[0..n) to the output unless it is already there. */
-static void add_term(const char *t, size_t n, char *buf, size_t cap, size_t *used,
-                     const char **terms, size_t max_terms, size_t *count)
+static void add_term(const char *t, size_t n, char *buf, size_t cap, size_t *used, const char **terms, size_t max_terms,
+                     size_t *count)
 {
     size_t i;
     if (n == 0 || *count >= max_terms || *used + n + 1 > cap)
@@ -526,8 +526,8 @@ static void add_term(const char *t, size_t n, char *buf, size_t cap, size_t *use
     *used += n + 1;
 }
 
-size_t text_terms(text_analyzer *a, int lang, const char *word, size_t len, char *buf,
-                  size_t cap, const char **terms, size_t max_terms)
+size_t text_terms(text_analyzer *a, int lang, const char *word, size_t len, char *buf, size_t cap, const char **terms,
+                  size_t max_terms)
 {
     char plain[TEXT_WORD_MAX * 2 + 1], folded[TEXT_WORD_MAX * 2 + 1];
     size_t plen, i, v, used = 0, count = 0, fl, cps = 0, adv;
@@ -557,8 +557,7 @@ size_t text_terms(text_analyzer *a, int lang, const char *word, size_t len, char
                 break; /* the word has no accents: one spelling only */
             st = sb_stemmer_stem(a->stem[i], (const sb_symbol *)src, (int)slen);
             if (st)
-                fl = text_normalize((const char *)st, (size_t)sb_stemmer_length(a->stem[i]), 1,
-                                    folded, sizeof folded);
+                fl = text_normalize((const char *)st, (size_t)sb_stemmer_length(a->stem[i]), 1, folded, sizeof folded);
             else /* out of memory inside libstemmer: fall back to the folded word */
                 fl = text_normalize(plain, plen, 1, folded, sizeof folded);
             add_term(folded, fl, buf, cap, &used, terms, max_terms, &count);

@@ -61,8 +61,7 @@ size_t text_normalize(const char *in, size_t len, int unaccent, char *out, size_
  * Returns the folded length, or 0 when there are no more words. Single-letter words are
  * returned too; callers decide what to keep.
  */
-size_t text_next_word(const char *s, size_t len, size_t *pos, size_t *start, size_t *wlen,
-                      char *out, size_t cap);
+size_t text_next_word(const char *s, size_t len, size_t *pos, size_t *start, size_t *wlen, char *out, size_t cap);
 
 /*
  * Stop words: 1 when word (lower-cased, accents kept or not) is a stop word of lang
@@ -108,7 +107,7 @@ int text_analyzer_guess(const text_analyzer *a, const char *s, size_t len);
  * (cap bytes); terms[i] points into buf. Returns the term count (0 for a stop word or a
  * one-letter word). Uses the analyzer's stemmers: not thread-safe per analyzer.
  */
-size_t text_terms(text_analyzer *a, int lang, const char *word, size_t len, char *buf,
-                  size_t cap, const char **terms, size_t max_terms);
+size_t text_terms(text_analyzer *a, int lang, const char *word, size_t len, char *buf, size_t cap, const char **terms,
+                  size_t max_terms);
 
 #endif /* KOKO_CORE_TEXT_H */

@@ -69,6 +69,7 @@ typedef struct {
     size_t nanchors, capanchors;
     json_t *anchor_index; /* name -> index of its latest definition in anchors */
     size_t nodes, bytes;
+    size_t aliases; /* aliases expanded so far */
 } yparse;
 
 /* ---- small string buffer ---- */
@@ -159,6 +160,17 @@ static size_t yp_offset(const yparse *y, size_t line, size_t col)
     return i;
 }
 
+/* Whether 0-based line (or the one before, where a flow item may start) holds needle. */
+static int yp_line_has(const yparse *y, size_t line, const char *needle)
+{
+    size_t start = yp_offset(y, line > 0 ? line - 1 : 0, 0), end = yp_offset(y, line + 1, 0);
+    size_t nl = strlen(needle);
+    for (size_t i = start; i + nl <= end; i++)
+        if (memcmp(y->text + i, needle, nl) == 0)
+            return 1;
+    return 0;
+}
+
 static void yp_syntax_error(yparse *y)
 {
     yaml_parser_t *p = &y->parser;
@@ -190,6 +202,8 @@ static void yp_syntax_error(yparse *y)
     const char *hint = "";
     if (off < y->len && y->text[off] == '\t' && !strstr(problem, "tab"))
         hint = "; tabs cannot be used for indentation, use spaces";
+    else if (p->context && strstr(p->context, "flow") && yp_line_has(y, p->problem_mark.line, "${"))
+        hint = "; inside [ ] or { } write a ${NAME} reference in quotes: \"${NAME}\"";
     if (p->context && p->context_mark.line != p->problem_mark.line)
         diag_add(y->d, y->doc->file, line, col, NULL, "syntax error: %s (%s at line %d)%s",
                  problem, p->context, (int)p->context_mark.line + 1, hint);
@@ -245,10 +259,13 @@ static int yp_charge(yparse *y, int line, int col, size_t nodes, size_t bytes)
     y->nodes += nodes;
     y->bytes += bytes;
     if (y->nodes > CFGDOC_MAX_NODES) {
-        yp_error(y, line, col,
-                 "too many nodes (more than %u, counting the copies aliases make); "
-                 "is an alias expanded inside itself many times?",
-                 CFGDOC_MAX_NODES);
+        if (y->aliases)
+            yp_error(y, line, col,
+                     "too many nodes (more than %u, counting the copies aliases make); "
+                     "is an alias expanded inside itself many times?",
+                     CFGDOC_MAX_NODES);
+        else
+            yp_error(y, line, col, "too many nodes (more than %u)", CFGDOC_MAX_NODES);
         return -1;
     }
     if (y->bytes > CFGDOC_MAX_TEXT) {
@@ -604,6 +621,7 @@ static int yp_alias(yparse *y, yaml_event_t *ev, int depth, int kline, int kcol,
     }
     if (a->height > 0 && yp_check_depth(y, depth + a->height - 1, line, col) < 0)
         return -1;
+    y->aliases++;
     if (yp_charge(y, line, col, a->nodes, a->bytes) < 0)
         return -1;
     /* a->loc may move with realloc: copy what we need before adding. */

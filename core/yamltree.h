@@ -37,7 +37,7 @@
 
 #define CFGDOC_MAX_BYTES (4u * 1024u * 1024u)
 #define CFGDOC_MAX_DEPTH 64
-#define CFGDOC_MAX_NODES 200000u
+#define CFGDOC_MAX_NODES 500000u
 #define CFGDOC_MAX_KEY 1024u
 
 typedef struct cfgdoc cfgdoc;

@@ -105,16 +105,16 @@ START_TEST(test_chunking)
     ck_assert_str_eq(c->text, "Alap csomag: részletek és kód\n"
                               "első pont\n"
                               "idézet szöveg\n\n"
-                              "Név Ár\n"
-                              "Alap 9 900 Ft");
+                              "Név – Ár\n"
+                              "Alap – 9 900 Ft");
     ck_assert_uint_eq(c->text_len, strlen(c->text));
     c = find_chunk(k, "Árak › Csomagok › Mélyebb");
     ck_assert_ptr_nonnull(c);
     ck_assert_str_eq(c->text, "snake_case marad, vastag nem. kép alt   https://kokoszerviz.hu\n"
                               "# nem heading\nkód sor");
-    ck_assert_ptr_null(find_chunk(k, "Árak"));           /* no text of its own */
-    ck_assert_ptr_null(find_chunk(k, "Árak › Üres"));    /* empty section */
-    ck_assert_ptr_nonnull(find_chunk(k, "Második"));      /* deeper levels reset */
+    ck_assert_ptr_null(find_chunk(k, "Árak"));        /* no text of its own */
+    ck_assert_ptr_null(find_chunk(k, "Árak › Üres")); /* empty section */
+    ck_assert_ptr_nonnull(find_chunk(k, "Második"));  /* deeper levels reset */
     ck_assert_uint_eq(kb_chunk_count(k), 5);
     ck_assert_ptr_null(kb_chunk_at(k, 5));
     kb_free(k);
@@ -291,8 +291,7 @@ static int match_one(const kb_chunk *c, const char *exp, size_t len)
     if (strlen(c->file) != fl || strncmp(c->file, exp, fl))
         return 0;
     h++;
-    return !strncmp(c->heading, h, hl) &&
-           (c->heading[hl] == '\0' || !strncmp(c->heading + hl, " \xE2\x80\xBA ", 5));
+    return !strncmp(c->heading, h, hl) && (c->heading[hl] == '\0' || !strncmp(c->heading + hl, " \xE2\x80\xBA ", 5));
 }
 
 /* expected: "file#heading" alternatives separated by '|'; a hit at or below the heading counts */
@@ -342,8 +341,8 @@ START_TEST(test_demo_questions)
             if (!ans)
                 rejected++;
             else
-                printf("unanswerable judged answerable: \"%s\" -> %s#%s (score %.2f, coverage %.2f)\n",
-                       q, h[0].chunk->file, h[0].chunk->heading, h[0].score, h[0].coverage);
+                printf("unanswerable judged answerable: \"%s\" -> %s#%s (score %.2f, coverage %.2f)\n", q,
+                       h[0].chunk->file, h[0].chunk->heading, h[0].score, h[0].coverage);
             continue;
         }
         pos++;
@@ -356,13 +355,13 @@ START_TEST(test_demo_questions)
         if (rank >= 0)
             top3++;
         else
-            printf("top-3 miss: \"%s\" expected %s, got %s#%s\n", q, exp,
-                   n ? h[0].chunk->file : "(nothing)", n ? h[0].chunk->heading : "");
+            printf("top-3 miss: \"%s\" expected %s, got %s#%s\n", q, exp, n ? h[0].chunk->file : "(nothing)",
+                   n ? h[0].chunk->heading : "");
         if (ans)
             kept++;
         else
-            printf("answerable judged unanswerable: \"%s\" (score %.2f, coverage %.2f)\n", q,
-                   n ? h[0].score : 0, n ? h[0].coverage : 0);
+            printf("answerable judged unanswerable: \"%s\" (score %.2f, coverage %.2f)\n", q, n ? h[0].score : 0,
+                   n ? h[0].coverage : 0);
     }
     fclose(f);
     printf("kb questions: %d answerable: top-1 %d, top-3 %d (%.1f%%), kept answerable %d "
@@ -371,8 +370,7 @@ START_TEST(test_demo_questions)
     ck_assert_int_ge(pos, 60);
     ck_assert_int_ge(neg, 15);
     ck_assert_msg(top3 * 100 >= 90 * pos, "top-3 hit rate %d/%d below 90%%", top3, pos);
-    ck_assert_msg(rejected == neg, "%d of %d unanswerable questions judged answerable",
-                  neg - rejected, neg);
+    ck_assert_msg(rejected == neg, "%d of %d unanswerable questions judged answerable", neg - rejected, neg);
     ck_assert_msg(kept * 100 >= 85 * pos, "only %d/%d answerable questions kept", kept, pos);
 
     /* an excerpt of the best hit answers the question */

@@ -62,8 +62,7 @@ START_TEST(test_words)
     const char *s = "Szia! Mennyibe kerül a kiszállás?? 9 900 Ft, e-mail: x@y.hu 🙂";
     size_t pos = 0, st, wl, n, i = 0;
     char w[TEXT_WORD_MAX + 1];
-    const char *want[] = {"szia", "mennyibe", "kerül", "a", "kiszállás", "9", "900", "ft",
-                          "e", "mail", "x", "y", "hu"};
+    const char *want[] = {"szia", "mennyibe", "kerül", "a", "kiszállás", "9", "900", "ft", "e", "mail", "x", "y", "hu"};
     while ((n = text_next_word(s, strlen(s), &pos, &st, &wl, w, sizeof w)) > 0) {
         ck_assert_uint_lt(i, sizeof want / sizeof *want);
         ck_assert_str_eq(w, want[i]);

@@ -374,6 +374,9 @@ START_TEST(test_syntax_error)
              path);
     ck_errors(d, want);
     diag_free(d);
+    expect_fail("a: {x: ${HOME}}\n",
+                "t.yaml:1:9: syntax error: did not find expected ',' or '}' (while parsing a flow "
+                "mapping); inside [ ] or { } write a ${NAME} reference in quotes: \"${NAME}\"");
     expect_fail("a: b: c\n", "t.yaml:1:5: syntax error: mapping values are not allowed in this context");
     expect_fail("a: 1\n b: 2\n",
                 "t.yaml:2:3: syntax error: mapping values are not allowed in this context");
@@ -602,9 +605,29 @@ START_TEST(test_alias_bomb)
     }
     diag *d = diag_new();
     ck_assert_ptr_null(parse(text, d));
-    ck_errors(d, "t.yaml:6:10: a5[0]: too many nodes (more than 200000, counting the copies aliases "
+    ck_errors(d, "t.yaml:6:25: a5[3]: too many nodes (more than 500000, counting the copies aliases "
                  "make); is an alias expanded inside itself many times?");
     diag_free(d);
+}
+END_TEST
+
+START_TEST(test_node_limit)
+{
+    /* under the byte limit, but more nodes than a configuration has */
+    size_t n = CFGDOC_MAX_NODES + 1, len = 0;
+    char *text = malloc(4 * n + 8);
+    ck_assert_ptr_nonnull(text);
+    len += (size_t)sprintf(text, "l:\n");
+    for (size_t i = 0; i < n; i++) {
+        memcpy(text + len, "- 1\n", 4);
+        len += 4;
+    }
+    ck_assert_uint_le(len, CFGDOC_MAX_BYTES);
+    diag *d = diag_new();
+    ck_assert_ptr_null(cfgdoc_parse_string("t.yaml", text, len, d));
+    ck_errors(d, "t.yaml:500000:3: l[499998]: too many nodes (more than 500000)");
+    diag_free(d);
+    free(text);
 }
 END_TEST
 
@@ -630,6 +653,7 @@ static Suite *yamltree_suite(void)
     tcase_add_test(tc, test_oversize);
     tcase_add_test(tc, test_deep_nesting);
     tcase_add_test(tc, test_alias_bomb);
+    tcase_add_test(tc, test_node_limit);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -14,6 +14,7 @@
  * Host vtable changelog (append-only):
  *   1.0  log, getenv, tenant, base_dir, http_submit/http_cancel,
  *        timer_start/timer_cancel, route_add, req_*, respond, submit, post.
+ *   1.1  conversation (ownership events from channels).
  */
 #ifndef KOKO_HOST_H
 #define KOKO_HOST_H
@@ -68,6 +69,16 @@ typedef enum koko_submit_status {
     KOKO_SUBMIT_REJECTED = 2, /* invalid message or the daemon is stopping: do not acknowledge */
 } koko_submit_status;
 typedef void (*koko_submit_fn)(koko_submit_status st, const char *error, void *arg);
+
+/* Conversation events a channel reports (ABI 1.1). The core keeps each
+ * conversation's owner: bot → human (handoff, an agent replied, opened or
+ * assigned it) → resolved; a customer writing in a resolved conversation
+ * gives it back to the bot. The bot never answers where a human owns it. */
+typedef enum koko_conv_event {
+    KOKO_CONV_HUMAN = 1,    /* a human took it over */
+    KOKO_CONV_RESOLVED = 2, /* closed */
+    KOKO_CONV_BOT = 3,      /* handed back to the bot (e.g. Chatwoot status "pending") */
+} koko_conv_event;
 
 struct koko_host {
     uint32_t size; /* sizeof(koko_host) as built by the host: check before using a later field */
@@ -130,6 +141,11 @@ struct koko_host {
 
     /* The one thread-safe call: run FN(ARG) soon on the loop thread. 0 = queued. */
     int (*post)(koko_instance *inst, koko_post_fn fn, void *arg);
+
+    /* ---- 1.1 ---- */
+    /* Report an ownership event for CONVERSATION_ID (borrowed). DETAIL is a short
+     * reason for logs ("assigned to agent 7"), may be NULL. */
+    void (*conversation)(koko_instance *inst, const char *conversation_id, koko_conv_event ev, const char *detail);
 };
 
 #ifdef __cplusplus

@@ -24,6 +24,29 @@ extern "C" {
 #define KOKO_HAS_FIELD(p, type, field) \
     ((p)->size >= offsetof(type, field) + sizeof(((type *)0)->field))
 
+/* What kind of event a channel message is (ABI 1.1). */
+typedef enum koko_msg_kind {
+    KOKO_MSG_INCOMING = 0, /* from the customer */
+    KOKO_MSG_OUTGOING = 1, /* sent to the customer (by an agent, a bot, or us) */
+    KOKO_MSG_ACTIVITY = 2, /* system notices: "conversation was resolved by ..." */
+    KOKO_MSG_OTHER = 3,    /* templates and anything else never answered */
+} koko_msg_kind;
+
+/* Who wrote it (ABI 1.1). */
+typedef enum koko_sender {
+    KOKO_SENDER_CONTACT = 0, /* the customer */
+    KOKO_SENDER_AGENT = 1,   /* a human agent */
+    KOKO_SENDER_BOT = 2,     /* a bot: us, another agent bot, an assistant */
+} koko_sender;
+
+/* A file that came with a message (ABI 1.1). */
+typedef struct koko_attachment {
+    const char *kind;         /* "audio", "image", "video", "file", ... */
+    const char *url;          /* where to fetch it, may be NULL */
+    const char *content_type; /* MIME type, may be NULL */
+    uint64_t size;            /* bytes, 0 = unknown */
+} koko_attachment;
+
 /* One inbound customer message. */
 typedef struct koko_msg {
     uint32_t size;               /* sizeof(koko_msg) as built by the producer */
@@ -37,6 +60,22 @@ typedef struct koko_msg {
     const char *language;        /* ISO 639-1 hint from the channel, may be NULL */
     int64_t created_at;          /* unix seconds, 0 = unknown */
     const json_t *meta;          /* channel-private data needed again at deliver time, may be NULL */
+
+    /* ---- ABI 1.1: what the guard, coalesce and ownership stages read.
+     * Zero means "an ordinary customer message"; fill what the channel knows. */
+    koko_msg_kind kind;
+    koko_sender sender;
+    int is_private;              /* an internal note: never answered */
+    int auto_reply;              /* the channel itself flags an automatic reply or bounce */
+    const char *subject;         /* e-mail subject, may be NULL */
+    const char *from;            /* sender address (e-mail), may be NULL */
+    const json_t *headers;       /* e-mail headers {"Name": "value"}, may be NULL */
+    const char *content_type;    /* MIME type of an e-mail, e.g. "multipart/report; report-type=delivery-status" */
+    const char *skip;            /* the channel's own reason not to answer (inbox not served, status), or NULL */
+    const char *handoff;         /* the channel asks for a human for this message (reason), or NULL */
+    uint32_t quiet_ms;           /* coalescing window for the conversation; 0 = answer each message */
+    const koko_attachment *attachments;
+    size_t n_attachments;
 } koko_msg;
 
 /* One retrieved knowledge-base passage. */
@@ -88,6 +127,8 @@ typedef struct koko_reply {
     double confidence;
     const char *backend;         /* which LLM backend answered */
     const char *idempotency_key; /* stable across retries of this delivery */
+    /* ---- ABI 1.1 ---- */
+    const char *question;        /* the customer's words answered (coalesced messages joined) */
 } koko_reply;
 
 #ifdef __cplusplus

@@ -8,6 +8,9 @@
  *
  * ABI changelog (append-only; the major changes only when a field moves):
  *   1.0  first version: kinds channel, llm, tool; host vtable koko_host 1.0.
+ *   1.1  koko_msg: kind, sender, is_private, auto_reply, subject, from, headers,
+ *        content_type, skip, handoff, quiet_ms, attachments; koko_reply.question;
+ *        koko_host.conversation.
  *
  * Threading: every function here is called on the loop thread and must not
  * block it (no sleeping, no synchronous network or disk I/O beyond reading a
@@ -28,7 +31,7 @@ extern "C" {
 #endif
 
 #define KOKO_ABI_MAJOR 1
-#define KOKO_ABI_MINOR 0
+#define KOKO_ABI_MINOR 1
 /* Build signature: changes when the compilation model changes in a way the
  * numbers do not capture (pointer size, struct packing). Compared as a string. */
 #define KOKO_ABI_SIGNATURE "koko-abi-1/lp64"

@@ -20,8 +20,11 @@
 #include "koko/host.h"
 #include "koko/plugin.h"
 
-#define DEFAULT_MIN_SCORE 3.0
-#define DEFAULT_MIN_COVERAGE 0.5
+/* The defaults are the knowledge base's own decision rule (core/kb.h
+ * KB_DEFAULT_MIN_SCORE / KB_DEFAULT_MIN_COVERAGE), tuned on the labelled
+ * questions in tests/data/kb_questions.tsv. */
+#define DEFAULT_MIN_SCORE 1.0
+#define DEFAULT_MIN_COVERAGE 0.45
 #define DEFAULT_MAX_CHARS 600
 #define MAX_CHARS_LO 80
 #define MAX_CHARS_HI 4000
