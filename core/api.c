@@ -249,3 +249,126 @@ void api_webhook(kokod *kd, koko_request *r)
         }
     server_respond_error(r, 404, "tenant \"%s\" has no webhook \"%s\" (is the channel configured?)", tenant_name, name);
 }
+
+/* ---- context caches: GET /cache/{tenant}, POST /cache/{tenant}/refresh ---- */
+
+json_t *api_cache_info(const tenant *t)
+{
+    json_t *caches = json_array();
+    for (size_t i = 0; i < t->n_backends; i++) {
+        koko_instance *b = t->backends[i];
+        const koko_llm_ops *ops = b->desc->ops;
+        if (!KOKO_OPS_HAS(ops, koko_llm_ops, cache_info) || !ops->cache_info)
+            continue;
+        json_t *list = ops->cache_info(b->state);
+        size_t k;
+        json_t *c;
+        json_array_foreach(list, k, c)
+        {
+            json_object_set_new(c, "backend", json_string(b->desc->name));
+            json_array_append(caches, c);
+        }
+        json_decref(list);
+    }
+    return json_pack("{s:s,s:o}", "tenant", t->name, "caches", caches);
+}
+
+typedef struct refresh {
+    int pending;
+    json_t *results;
+    api_refresh_fn done;
+    void *arg;
+} refresh;
+
+typedef struct refresh_one {
+    refresh *r;
+    char *backend;
+} refresh_one;
+
+static void refresh_done(koko_status st, const char *error, void *arg)
+{
+    refresh_one *o = arg;
+    refresh *r = o->r;
+    json_array_append_new(r->results, json_pack("{s:s,s:b,s:s*}", "backend", o->backend, "ok", st == KOKO_OK,
+                                                "error", st == KOKO_OK ? NULL : (error ? error : "failed")));
+    free(o->backend);
+    free(o);
+    if (--r->pending == 0) {
+        r->done(r->results, r->arg);
+        json_decref(r->results);
+        free(r);
+    }
+}
+
+void api_cache_refresh(kokod *kd, const tenant *t, api_refresh_fn done, void *arg)
+{
+    refresh *r = xcalloc(1, sizeof *r);
+    r->results = json_array();
+    r->done = done;
+    r->arg = arg;
+    r->pending = 1; /* held while starting, so no callback finishes early */
+    for (size_t i = 0; i < t->n_backends; i++) {
+        koko_instance *b = t->backends[i];
+        const koko_llm_ops *ops = b->desc->ops;
+        if (!KOKO_OPS_HAS(ops, koko_llm_ops, cache_refresh) || !ops->cache_refresh || b->st == INST_DEAD)
+            continue;
+        refresh_one *o = xcalloc(1, sizeof *o);
+        o->r = r;
+        o->backend = xstrdup(b->desc->name);
+        r->pending++;
+        ops->cache_refresh(b->state, refresh_done, o);
+    }
+    (void)kd;
+    log_info("cache", "%s: context caches refresh requested", t->name);
+    if (--r->pending == 0) { /* drop the reference held while starting */
+        r->done(r->results, r->arg);
+        json_decref(r->results);
+        free(r);
+    }
+}
+
+static void http_refresh_done(json_t *results, void *arg)
+{
+    koko_request *r = arg;
+    int ok = 1;
+    size_t i;
+    json_t *v;
+    json_array_foreach(results, i, v) ok &= json_is_true(json_object_get(v, "ok"));
+    server_respond_json(r, ok ? 200 : 502, json_pack("{s:b,s:O}", "refreshed", ok, "backends", results));
+}
+
+void api_cache(kokod *kd, koko_request *r)
+{
+    const char *rest = r->path + strlen("/cache/");
+    const char *slash = strchr(rest, '/');
+    size_t tl = slash ? (size_t)(slash - rest) : strlen(rest);
+    char name[128];
+    if (tl == 0 || tl >= sizeof name) {
+        server_respond_error(r, 404, "cache paths are /cache/<tenant> and /cache/<tenant>/refresh");
+        return;
+    }
+    memcpy(name, rest, tl);
+    name[tl] = '\0';
+    const tenant *t = gen_tenant(r->gen, name);
+    if (!t) {
+        server_respond_error(r, 404, "unknown tenant \"%s\"", name);
+        return;
+    }
+    int is_refresh = slash && strcmp(slash, "/refresh") == 0;
+    if (slash && !is_refresh) {
+        server_respond_error(r, 404, "no such path: %s", r->path);
+        return;
+    }
+    int post = strcmp(r->method, "POST") == 0;
+    if (is_refresh != post) {
+        evhttp_add_header(evhttp_request_get_output_headers(r->req), "Allow", is_refresh ? "POST" : "GET, HEAD");
+        server_respond_error(r, 405, "method %s not allowed on %s (allowed: %s)", r->method, r->path,
+                             is_refresh ? "POST" : "GET");
+        return;
+    }
+    if (!is_refresh) {
+        server_respond_json(r, 200, api_cache_info(t));
+        return;
+    }
+    api_cache_refresh(kd, t, http_refresh_done, r);
+}

@@ -96,6 +96,12 @@ static const sc_field f_handoff[] = {
     {0},
 };
 
+static const sc_field f_budget[] = {
+    {.key = "monthly_usd", .type = SC_NUMBER, .flags = SC_RANGE, .min = 0, .max = LLONG_MAX,
+     .doc = "past this many USD in a calendar month, paid backends are skipped"},
+    {0},
+};
+
 static const sc_field f_tenant[] = {
     {.key = "languages", .type = SC_LIST, .flags = SC_REQUIRED | SC_NONEMPTY | SC_RANGE, .min = 1, .max = 8,
      .item = &f_lang_item, .doc = "languages answered in, the first is the default"},
@@ -107,6 +113,7 @@ static const sc_field f_tenant[] = {
     {.key = "tools", .type = SC_MAP, .item = &f_plugin_cfg_item, .doc = "tool plugin name → its config"},
     {.key = "routes", .type = SC_LIST, .item = &f_any_item, .doc = "ordered routing table"},
     {.key = "handoff", .type = SC_OBJECT, .fields = f_handoff, .doc = "when to hand over to a human"},
+    {.key = "budget", .type = SC_OBJECT, .fields = f_budget, .doc = "spending limits"},
     {.key = "history_turns", .type = SC_INT, .flags = SC_RANGE, .min = 0, .max = 100,
      .doc = "earlier turns kept per conversation"},
     {0},

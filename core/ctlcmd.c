@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "api.h"
 #include "ctlcmd.h"
 #include "kokod.h"
 #include "log.h"
@@ -146,10 +147,38 @@ static void cmd_stats(kokod *kd, ctl_req *q, const json_t *args)
     control_ok(q, json_deep_copy(kd->stats));
 }
 
+static void cmd_cache(kokod *kd, ctl_req *q, const json_t *args)
+{
+    tenant *t = need_tenant(kd, q, args);
+    if (t)
+        control_ok(q, api_cache_info(t));
+}
+
+static void refresh_done(json_t *results, void *arg)
+{
+    ctl_req *q = arg;
+    int ok = 1;
+    size_t i;
+    json_t *v;
+    json_array_foreach(results, i, v) ok &= json_is_true(json_object_get(v, "ok"));
+    if (ok)
+        control_ok(q, json_pack("{s:O}", "backends", results));
+    else
+        control_fail(q, "a backend could not rebuild its cache", json_incref(results));
+}
+
+static void cmd_cache_refresh(kokod *kd, ctl_req *q, const json_t *args)
+{
+    tenant *t = need_tenant(kd, q, args);
+    if (t)
+        api_cache_refresh(kd, t, refresh_done, q);
+}
+
 static const struct {
     const char *name;
     cmd_fn fn;
 } commands[] = {
+    {"cache", cmd_cache}, {"cache_refresh", cmd_cache_refresh},
     {"status", cmd_status}, {"reload", cmd_reload}, {"plugins", cmd_plugins}, {"tenants", cmd_tenants},
     {"routes", cmd_routes}, {"route", cmd_route},   {"chat", cmd_chat},       {"stats", cmd_stats},
 };
@@ -166,7 +195,7 @@ void ctlcmd_dispatch(kokod *kd, ctl_req *q, const char *name, const json_t *args
             return;
         }
     char msg[256];
-    snprintf(msg, sizeof msg, "unknown command \"%s\" (known: status, reload, plugins, tenants, routes, route, chat, stats)",
+    snprintf(msg, sizeof msg, "unknown command \"%s\" (known: status, reload, plugins, tenants, routes, route, chat, stats, cache, cache_refresh)",
              name);
     control_fail(q, msg, NULL);
 }

@@ -150,6 +150,7 @@ static int build_tenant(kokod *kd, generation *g, const generation *old, tenant 
     t->handoff_phrases = json_object_get(h, "phrases");
     const json_t *ht = json_object_get(tc->node, "history_turns");
     t->history_turns = ht ? (unsigned)json_integer_value(ht) : 10;
+    t->monthly_usd = json_number_value(json_object_get(json_object_get(tc->node, "budget"), "monthly_usd"));
 
     if (tc->memory) {
         char *dir = util_path_join(c->base_dir, tc->memory);
@@ -162,6 +163,14 @@ static int build_tenant(kokod *kd, generation *g, const generation *old, tenant 
     t->kb = kb_build(c->base_dir, (const char *const *)tc->kb, tc->n_kb, t->languages, t->n_languages, kb_warn,
                      (void *)t->name);
     t->chunk_lang = t->kb ? detect_chunk_langs(kd, t, t->kb) : NULL;
+    if (t->kb && kb_chunk_count(t->kb)) {
+        strbuf sb = {0};
+        for (size_t i = 0; i < kb_chunk_count(t->kb); i++) {
+            const kb_chunk *ch = kb_chunk_at(t->kb, i);
+            sb_printf(&sb, "[%s%s%s]\n%s\n\n", ch->file, ch->heading[0] ? " › " : "", ch->heading, ch->text);
+        }
+        t->knowledge = sb_take(&sb);
+    }
 
     /* every llm the chain or a route names, once */
     const json_t *be;
@@ -235,6 +244,7 @@ static void tenant_destroy(tenant *t)
         free(t->route_chunk_lang[i]);
     router_free(t->router);
     free(t->chunk_lang);
+    free(t->knowledge);
     kb_free(t->kb);
     json_decref(t->persona);
     json_decref(t->decisions);

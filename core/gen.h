@@ -30,6 +30,7 @@ typedef struct tenant {
     size_t n_languages;
     kb *kb;
     const char **chunk_lang;     /* language of each chunk of kb (static codes, NULL = unknown) */
+    char *knowledge;             /* the whole KB as "[file › heading]\ntext" blocks, for LLM contexts */
     json_t *persona;             /* identity.json ({} when none) */
     json_t *decisions;           /* decisions.json ([] when none) */
     koko_instance **channels;
@@ -45,6 +46,7 @@ typedef struct tenant {
     double min_confidence;       /* handoff below this */
     const json_t *handoff_phrases; /* lang → [phrases], borrowed from the config */
     unsigned history_turns;
+    double monthly_usd;          /* budget; 0 = none */
     char fingerprint[17];        /* hash of config subtree, KB and memory files: "changed?" */
 } tenant;
 

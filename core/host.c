@@ -218,6 +218,14 @@ static void host_conversation(koko_instance *inst, const char *conversation_id, 
     pipeline_conversation(inst->kd->pipe, inst, conversation_id, ev, detail);
 }
 
+static void host_tool_call(koko_instance *inst, void *job, const char *name, const json_t *args, koko_tool_fn done,
+                           void *arg)
+{
+    if (!checked(inst, "tool_call"))
+        return;
+    pipeline_tool_call(inst, job, name, args, done, arg);
+}
+
 const koko_host core_host = {
     .size = sizeof(koko_host),
     .abi_major = KOKO_ABI_MAJOR,
@@ -239,4 +247,5 @@ const koko_host core_host = {
     .submit = host_submit,
     .post = host_post,
     .conversation = host_conversation,
+    .tool_call = host_tool_call,
 };

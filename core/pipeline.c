@@ -13,6 +13,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <event2/event.h>
 
 #include "kokod.h"
@@ -239,7 +240,10 @@ static int dedup_seen(pipeline *p, const char *key)
 
 /* ---- jobs ---- */
 
+#define JOB_MAGIC 0x4b4f4a42u /* "KOJB" */
+
 typedef struct job {
+    uint32_t magic;
     pipeline *p;
     generation *g;
     tenant *t;
@@ -259,6 +263,9 @@ typedef struct job {
     size_t n_chain, step;
     int want_handoff;
     const char *human_reason;
+    char *model_handoff;  /* the model called handoff_to_human(reason) */
+    int budget_cut;       /* a paid backend was skipped for the budget: hand off */
+    char context_hash[17];
     json_t *attempts;
     int calls;          /* generate calls not yet called back */
     int finished;
@@ -285,6 +292,8 @@ typedef struct step_call {
 
 static void job_free(job *j)
 {
+    j->magic = 0;
+    free(j->model_handoff);
     free(j->text);
     free(j->conv_id);
     free(j->channel);
@@ -426,6 +435,32 @@ static void record_turns(job *j, const char *reply)
         conv_add_turn(c, "assistant", reply, j->t->history_turns);
 }
 
+/* This month's spend of T, and whether backend B has cost anything this month. */
+static double month_spend(kokod *kd, const char *tenant_name, const char *backend)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    char key[96];
+    if (backend)
+        snprintf(key, sizeof key, "cost_usd.%04d-%02d.%s", tm.tm_year + 1900, tm.tm_mon + 1, backend);
+    else
+        snprintf(key, sizeof key, "cost_usd.%04d-%02d", tm.tm_year + 1900, tm.tm_mon + 1);
+    return json_number_value(json_object_get(json_object_get(kd->stats, tenant_name), key));
+}
+
+static void count_spend(kokod *kd, const char *tenant_name, const char *backend, double usd)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    char key[96];
+    snprintf(key, sizeof key, "cost_usd.%04d-%02d", tm.tm_year + 1900, tm.tm_mon + 1);
+    kokod_count(kd, tenant_name, key, usd);
+    snprintf(key, sizeof key, "cost_usd.%04d-%02d.%s", tm.tm_year + 1900, tm.tm_mon + 1, backend);
+    kokod_count(kd, tenant_name, key, usd);
+}
+
 static void deliver_result(job *j, const chat_answer *a);
 
 static void finish(job *j, const koko_llm_result *res, const char *backend)
@@ -457,6 +492,14 @@ static void finish(job *j, const koko_llm_result *res, const char *backend)
                                                            j->chunks[k].heading, "score",
                                                            (double)((long long)(j->chunks[k].score * 100 + 0.5)) / 100));
         }
+        if (!a.handoff && j->budget_cut) {
+            a.handoff = 1;
+            a.handoff_reason = "the tenant's monthly budget is spent; answered without the paid backends";
+        }
+        if (!a.handoff && j->model_handoff) {
+            a.handoff = 1;
+            a.handoff_reason = j->model_handoff;
+        }
         if (!a.handoff && j->want_handoff) {
             a.handoff = 1;
             a.handoff_reason = j->human_reason;
@@ -484,6 +527,22 @@ static void finish(job *j, const koko_llm_result *res, const char *backend)
         kokod_count(kd, j->t->name, "tokens_in", (double)res->tokens_in);
         kokod_count(kd, j->t->name, "tokens_cached", (double)res->tokens_cached);
         kokod_count(kd, j->t->name, "tokens_out", (double)res->tokens_out);
+        if (res->model && *res->model) {
+            static const char *const fields[] = {"queries", "tokens_in", "tokens_cached", "tokens_out"};
+            double vals[] = {1, (double)res->tokens_in, (double)res->tokens_cached, (double)res->tokens_out};
+            for (size_t f = 0; f < 4; f++) {
+                char *k = util_asprintf("model.%s.%s", res->model, fields[f]);
+                kokod_count(kd, j->t->name, k, vals[f]);
+                free(k);
+            }
+        }
+        if (KOKO_HAS_FIELD(res, koko_llm_result, cache_hit)) {
+            kokod_count(kd, j->t->name, "cost_usd", res->cost_usd);
+            if (res->cost_usd > 0)
+                count_spend(kd, j->t->name, backend, res->cost_usd);
+            if (res->cache_hit)
+                kokod_count(kd, j->t->name, "cache_hits", 1);
+        }
     }
     char *bk = util_asprintf("backend.%s", a.backend);
     kokod_count(kd, j->t->name, bk, 1);
@@ -539,10 +598,33 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     run_step(j);
 }
 
+/* Over budget, a backend that has cost money this month is skipped. */
+static int over_budget(job *j, koko_instance *inst)
+{
+    kokod *kd = j->p->kd;
+    if (j->t->monthly_usd <= 0)
+        return 0;
+    if (month_spend(kd, j->t->name, NULL) < j->t->monthly_usd || month_spend(kd, j->t->name, inst->desc->name) <= 0)
+        return 0;
+    static int64_t last_alert;
+    if (util_unix_time() - last_alert > 300) {
+        last_alert = util_unix_time();
+        log_error("budget", "%s: monthly budget of %.2f USD spent (%.4f USD): paid backends are skipped until the "
+                  "month ends or budget.monthly_usd is raised", j->t->name, j->t->monthly_usd,
+                  month_spend(kd, j->t->name, NULL));
+    }
+    json_array_append_new(j->attempts, json_pack("{s:s,s:s}", "backend", inst->desc->name, "error",
+                                                 "skipped: the tenant's monthly budget is spent"));
+    kokod_count(kd, j->t->name, "budget_skips", 1);
+    j->budget_cut = 1;
+    return 1;
+}
+
 static void run_step(job *j)
 {
-    /* skip instances that are being torn down */
-    while (j->step < j->n_chain && (!j->chain[j->step] || j->chain[j->step]->st == INST_DEAD))
+    /* skip instances that are being torn down, and paid ones past the budget */
+    while (j->step < j->n_chain &&
+           (!j->chain[j->step] || j->chain[j->step]->st == INST_DEAD || over_budget(j, j->chain[j->step])))
         j->step++;
     if (j->step >= j->n_chain) {
         finish(j, NULL, NULL);
@@ -567,6 +649,11 @@ static void run_step(job *j)
         .tools = j->tools,
         .route = j->route ? j->route->name : "default",
         .want_handoff = j->want_handoff,
+        .knowledge = j->t->knowledge,
+        .knowledge_bytes = j->t->knowledge ? strlen(j->t->knowledge) : 0,
+        .context_hash = j->context_hash,
+        .customer_facts = NULL,
+        .job = j,
     };
     step_call *sc = xcalloc(1, sizeof *sc);
     sc->j = j;
@@ -582,6 +669,12 @@ static void run_step(job *j)
 static json_t *tool_declarations(const tenant *t, const route *r)
 {
     json_t *out = json_array();
+    json_array_append_new(out, json_pack("{s:s,s:s,s:{s:s,s:{s:{s:s,s:s}},s:[s]}}", "name", "handoff_to_human",
+                                         "description",
+                                         "Hand the conversation to a human colleague. Call it when you cannot "
+                                         "answer from the knowledge given, or the customer asks for a person.",
+                                         "parameters", "type", "object", "properties", "reason", "type", "string",
+                                         "description", "why a human should take over", "required", "reason"));
     koko_instance *const *tools = r && r->has_tools ? r->tools : t->tools;
     size_t n = r && r->has_tools ? r->n_tools : t->n_tools;
     for (size_t i = 0; i < n; i++) {
@@ -622,6 +715,17 @@ static void start_job(job *j)
     j->chain = j->route && j->route->chain ? j->route->chain : t->chain;
     j->n_chain = j->route && j->route->chain ? j->route->n_chain : t->n_chain;
     j->tools = tool_declarations(t, j->route);
+    {
+        char *decl = json_dumps(j->tools, JSON_COMPACT | JSON_SORT_KEYS);
+        char *pers = json_dumps(j->persona, JSON_COMPACT | JSON_SORT_KEYS);
+        char *all = util_asprintf("%s\n%s\n%s\n%s", t->fingerprint, pers ? pers : "", t->kb ? kb_hash(t->kb) : "",
+                                  decl ? decl : "");
+        snprintf(j->context_hash, sizeof j->context_hash, "%016llx",
+                 (unsigned long long)util_fnv1a64(all, strlen(all)));
+        free(decl);
+        free(pers);
+        free(all);
+    }
     if (j->channel_handoff) {
         j->want_handoff = 1;
         j->human_reason = j->channel_handoff;
@@ -651,6 +755,7 @@ static job *job_new(pipeline *p, generation *g, tenant *t, const chat_input *in)
     if (in->conversation_id)
         j->conv_key = util_asprintf("%s\x1f%s\x1f%s", t->name, j->channel, in->conversation_id);
     j->attempts = json_array();
+    j->magic = JOB_MAGIC;
     j->started = util_now_ms_f();
     p->inflight++;
     return j;
@@ -1024,6 +1129,83 @@ const char *pipeline_owner(pipeline *p, const char *tenant_name, const char *cha
     conv *c = conv_get(p, key, 0);
     free(key);
     return owner_names[c ? c->owner : OWNER_BOT];
+}
+
+/* ---- function calling (koko_host.tool_call) ---- */
+
+typedef struct tool_call {
+    job *j;
+    koko_tool_fn done;
+    void *arg;
+    json_t *result;
+    koko_status st;
+    koko_instance *tool;
+} tool_call;
+
+static void tool_answer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tool_call *tc = arg;
+    tc->done(tc->st, tc->result, tc->arg);
+    json_decref(tc->result);
+    tc->j->calls--;
+    job_maybe_free(tc->j);
+    free(tc);
+}
+
+static void tool_done(koko_status st, json_t *result, void *arg)
+{
+    tool_call *tc = arg;
+    tc->st = st;
+    tc->result = result ? json_incref(result) : json_pack("{s:s}", "error", "the tool returned nothing");
+    /* the tool's callback may run inside its call: hand the answer over from the loop */
+    event_base_once(tc->j->p->kd->base, -1, EV_TIMEOUT, tool_answer, tc, &(struct timeval){0, 0});
+}
+
+void pipeline_tool_call(koko_instance *inst, void *jobp, const char *name, const json_t *args, koko_tool_fn done,
+                        void *arg)
+{
+    job *j = jobp;
+    if (!j || j->magic != JOB_MAGIC || !done) {
+        log_error(inst ? inst->prefix : "host", "tool_call: invalid job handle (plugin bug)");
+        return;
+    }
+    tool_call *tc = xcalloc(1, sizeof *tc);
+    tc->j = j;
+    tc->done = done;
+    tc->arg = arg;
+    j->calls++;
+    kokod_count(j->p->kd, j->t->name, "tool_calls", 1);
+    if (name && strcmp(name, "handoff_to_human") == 0) {
+        const char *why = json_string_value(json_object_get(args, "reason"));
+        free(j->model_handoff);
+        j->model_handoff = util_asprintf("the model asked for a human: %s", why && *why ? why : "no reason given");
+        tc->st = KOKO_OK;
+        tc->result = json_pack("{s:b,s:s}", "ok", 1, "note", "a human colleague will take over after your answer");
+        event_base_once(j->p->kd->base, -1, EV_TIMEOUT, tool_answer, tc, &(struct timeval){0, 0});
+        return;
+    }
+    /* only a function declared for this request, by the tool that declared it */
+    koko_instance *const *tools = j->route && j->route->has_tools ? j->route->tools : j->t->tools;
+    size_t n = j->route && j->route->has_tools ? j->route->n_tools : j->t->n_tools;
+    for (size_t i = 0; name && i < n && !tc->tool; i++) {
+        const koko_tool_ops *ops = tools[i]->desc->ops;
+        size_t k;
+        json_t *d;
+        json_array_foreach((json_t *)ops->declarations(tools[i]->state), k, d)
+            if (strcmp(json_string_value(json_object_get(d, "name")) ?: "", name) == 0)
+                tc->tool = tools[i];
+    }
+    if (!tc->tool || tc->tool->st == INST_DEAD) {
+        tc->st = KOKO_ERR_PERMANENT;
+        tc->result = json_pack("{s:s}", "error", "no such function is available here");
+        log_warn(inst->prefix, "model called unknown or unavailable function \"%s\"", name ? name : "(null)");
+        event_base_once(j->p->kd->base, -1, EV_TIMEOUT, tool_answer, tc, &(struct timeval){0, 0});
+        return;
+    }
+    const koko_tool_ops *ops = tc->tool->desc->ops;
+    ops->call(tc->tool->state, name, args, tool_done, tc);
 }
 
 pipeline *pipeline_new(kokod *kd)

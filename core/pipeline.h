@@ -60,6 +60,10 @@ void pipeline_conversation(pipeline *p, koko_instance *channel, const char *conv
 /* "bot", "human" or "resolved" (tests, kokoctl). */
 const char *pipeline_owner(pipeline *p, const char *tenant_name, const char *channel, const char *conversation_id);
 
+/* koko_host.tool_call. */
+void pipeline_tool_call(koko_instance *inst, void *job, const char *name, const json_t *args, koko_tool_fn done,
+                        void *arg);
+
 /* Jobs in flight (status, graceful stop). */
 size_t pipeline_inflight(const pipeline *p);
 

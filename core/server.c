@@ -50,6 +50,7 @@ static const struct endpoint {
     {"/projects", 0, M_GET, "GET, HEAD", 1, api_projects},
     {"/stats", 0, M_GET, "GET, HEAD", 1, api_stats},
     {"/metrics", 0, M_GET, "GET, HEAD", 1, api_metrics},
+    {"/cache/", 1, M_GET | M_POST, "GET, POST", 1, api_cache},
     {"/webhook/", 1, M_POST, "POST", 0, api_webhook},
 };
 

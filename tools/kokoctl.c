@@ -43,7 +43,9 @@ static void usage(FILE *out)
             "                                 which route a message would take, and why\n"
             "  chat TENANT MESSAGE [--conversation ID] [--language L]\n"
             "                                 ask the tenant from the terminal\n"
-            "  stats                          counters per tenant\n\n"
+            "  stats                          counters per tenant\n"
+            "  cache TENANT                   the tenant's LLM context caches\n"
+            "  cache refresh TENANT           rebuild them now\n\n"
             "Options:\n"
             "  -c, --config FILE   find the control socket in FILE's server.control\n"
             "                      (default: $KOKO_CONFIG, ./etc/koko.yaml, " SYSCONFDIR "/koko/koko.yaml)\n"
@@ -298,6 +300,35 @@ static void print_stats(const json_t *d)
     }
 }
 
+static void print_cache(const json_t *d)
+{
+    const json_t *caches = json_object_get(d, "caches");
+    if (json_array_size(caches) == 0) {
+        printf("%s: no context caches (no backend of this tenant keeps one yet)\n", s_or(d, "tenant", "?"));
+        return;
+    }
+    printf("%-10s %-36s %-18s %9s %6s %12s %9s  %s\n", "BACKEND", "NAME", "MODEL", "TOKENS", "HITS", "TOKENS SAVED",
+           "USD SAVED", "EXPIRES");
+    size_t i;
+    json_t *c;
+    json_array_foreach(caches, i, c)
+        printf("%-10s %-36s %-18s %9lld %6lld %12lld %9.4f  %s\n", s_or(c, "backend", "?"), s_or(c, "name", "?"),
+               s_or(c, "model", "?"), (long long)json_integer_value(json_object_get(c, "tokens")),
+               (long long)json_integer_value(json_object_get(c, "hits")),
+               (long long)json_integer_value(json_object_get(c, "tokens_saved")),
+               json_number_value(json_object_get(c, "usd_saved")), s_or(c, "expires", "?"));
+}
+
+static void print_refresh(const json_t *d)
+{
+    size_t i;
+    json_t *b;
+    if (json_array_size(json_object_get(d, "backends")) == 0)
+        printf("no backend of this tenant keeps a context cache\n");
+    json_array_foreach(json_object_get(d, "backends"), i, b)
+        printf("%-10s %s\n", s_or(b, "backend", "?"), json_is_true(json_object_get(b, "ok")) ? "rebuilt" : s_or(b, "error", "failed"));
+}
+
 static void print_reload(const json_t *d)
 {
     printf("reloaded: generation %lld serving (%.1f ms)\n", (long long)json_integer_value(json_object_get(d, "generation")),
@@ -371,6 +402,17 @@ int main(int argc, char **argv)
     if (known && npos != 1) {
         fprintf(stderr, "kokoctl: %s takes no arguments\n", cmd);
         return 2;
+    }
+    if (strcmp(cmd, "cache") == 0) {
+        known = 1;
+        int refresh = npos >= 2 && strcmp(pos[1], "refresh") == 0;
+        if (npos != (refresh ? 3 : 2)) {
+            fprintf(stderr, "kokoctl: usage: cache TENANT | cache refresh TENANT\n");
+            return 2;
+        }
+        json_object_set_new(args, "tenant", json_string(pos[refresh ? 2 : 1]));
+        if (refresh)
+            cmd = "cache_refresh";
     }
     if (strcmp(cmd, "routes") == 0 || strcmp(cmd, "route") == 0 || strcmp(cmd, "chat") == 0) {
         known = 1;
@@ -461,6 +503,10 @@ int main(int argc, char **argv)
             print_chat(d);
         else if (!strcmp(cmd, "stats"))
             print_stats(d);
+        else if (!strcmp(cmd, "cache"))
+            print_cache(d);
+        else if (!strcmp(cmd, "cache_refresh"))
+            print_refresh(d);
     }
     if (!ok && json_out) {
         const char *e = s_or(ans, "error", "failed");

@@ -15,6 +15,7 @@
  *   1.0  log, getenv, tenant, base_dir, http_submit/http_cancel,
  *        timer_start/timer_cancel, route_add, req_*, respond, submit, post.
  *   1.1  conversation (ownership events from channels).
+ *   1.2  tool_call (function calling for LLM backends).
  */
 #ifndef KOKO_HOST_H
 #define KOKO_HOST_H
@@ -146,6 +147,19 @@ struct koko_host {
     /* Report an ownership event for CONVERSATION_ID (borrowed). DETAIL is a short
      * reason for logs ("assigned to agent 7"), may be NULL. */
     void (*conversation)(koko_instance *inst, const char *conversation_id, koko_conv_event ev, const char *detail);
+
+    /* ---- 1.2 ---- */
+    /*
+     * Run function NAME with ARGS (borrowed) for the request whose req->job is
+     * JOB — only functions declared in that request's req->tools may run. The
+     * core answers the built-in "handoff_to_human" {"reason"} itself (the
+     * conversation will be handed over after the answer). DONE runs exactly
+     * once, later, with the result object (borrowed for the callback) or an
+     * error object {"error": "..."} that the backend should feed back to the
+     * model rather than fail.
+     */
+    void (*tool_call)(koko_instance *inst, void *job, const char *name, const json_t *args, koko_tool_fn done,
+                      void *arg);
 };
 
 #ifdef __cplusplus

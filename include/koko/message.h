@@ -112,6 +112,16 @@ typedef struct koko_llm_request {
     const json_t *tools;          /* function declarations offered, JSON array, never NULL */
     const char *route;            /* name of the route that matched ("default" when none) */
     int want_handoff;             /* the route or the customer asked for a human */
+
+    /* ---- ABI 1.2 ---- */
+    const char *knowledge;        /* the whole knowledge base as text, one "[file › heading]" block per
+                                   * chunk; NULL when the core has none. A backend sends it whole when
+                                   * it fits its context budget, else it uses chunks. */
+    size_t knowledge_bytes;
+    const char *context_hash;     /* hex hash of persona + decisions + knowledge (+ the tenant's tool
+                                   * declarations): a context-cache key; changes when any of them changes */
+    const json_t *customer_facts; /* facts remembered about this customer (array), may be NULL */
+    void *job;                    /* opaque: pass to koko_host.tool_call while answering this request */
 } koko_llm_request;
 
 /* What the core asks a channel to deliver. */

@@ -11,6 +11,9 @@
  *   1.1  koko_msg: kind, sender, is_private, auto_reply, subject, from, headers,
  *        content_type, skip, handoff, quiet_ms, attachments; koko_reply.question;
  *        koko_host.conversation.
+ *   1.2  koko_llm_request: knowledge, knowledge_bytes, context_hash,
+ *        customer_facts, job; koko_llm_result: cost_usd, cache_hit;
+ *        koko_llm_ops: cache_info, cache_refresh; koko_host.tool_call.
  *
  * Threading: every function here is called on the loop thread and must not
  * block it (no sleeping, no synchronous network or disk I/O beyond reading a
@@ -31,7 +34,7 @@ extern "C" {
 #endif
 
 #define KOKO_ABI_MAJOR 1
-#define KOKO_ABI_MINOR 1
+#define KOKO_ABI_MINOR 2
 /* Build signature: changes when the compilation model changes in a way the
  * numbers do not capture (pointer size, struct packing). Compared as a string. */
 #define KOKO_ABI_SIGNATURE "koko-abi-1/lp64"
@@ -114,6 +117,9 @@ typedef struct koko_llm_result {
     uint64_t tokens_out;
     const size_t *cited;    /* indexes into request->chunks the answer rests on */
     size_t n_cited;
+    /* ---- 1.2 ---- */
+    double cost_usd;        /* what this answer cost, from the backend's price table (cache storage included) */
+    int cache_hit;          /* a context cache served part of the prompt */
 } koko_llm_result;
 
 typedef void (*koko_llm_fn)(const koko_llm_result *res, void *arg);
@@ -126,6 +132,12 @@ typedef struct koko_llm_ops {
      * (status KOKO_ERR_CANCELLED when the host stops the instance).
      */
     void (*generate)(void *state, const koko_llm_request *req, koko_llm_fn done, void *arg);
+    /* ---- 1.2, optional ---- */
+    /* The context caches this instance manages, as a JSON array of
+     * {"name","model","tokens","created","expires","hits","tokens_saved","usd_saved"}; caller decrefs. */
+    json_t *(*cache_info)(void *state);
+    /* Rebuild the caches now (kokoctl cache refresh). DONE runs exactly once, later. */
+    void (*cache_refresh)(void *state, koko_deliver_fn done, void *arg);
 } koko_llm_ops;
 
 /* ---- tool ------------------------------------------------------------- */
