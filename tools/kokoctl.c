@@ -401,6 +401,7 @@ int main(int argc, char **argv)
         known |= strcmp(cmd, simple[i]) == 0;
     if (known && npos != 1) {
         fprintf(stderr, "kokoctl: %s takes no arguments\n", cmd);
+        json_decref(args);
         return 2;
     }
     if (strcmp(cmd, "cache") == 0) {
@@ -408,6 +409,7 @@ int main(int argc, char **argv)
         int refresh = npos >= 2 && strcmp(pos[1], "refresh") == 0;
         if (npos != (refresh ? 3 : 2)) {
             fprintf(stderr, "kokoctl: usage: cache TENANT | cache refresh TENANT\n");
+            json_decref(args);
             return 2;
         }
         json_object_set_new(args, "tenant", json_string(pos[refresh ? 2 : 1]));
@@ -418,6 +420,7 @@ int main(int argc, char **argv)
         known = 1;
         if (npos < 2) {
             fprintf(stderr, "kokoctl: %s needs a TENANT\n", cmd);
+            json_decref(args);
             return 2;
         }
         json_object_set_new(args, "tenant", json_string(pos[1]));
@@ -426,6 +429,7 @@ int main(int argc, char **argv)
                 text = pos[2];
             if (!text) {
                 fprintf(stderr, "kokoctl: route needs --text \"...\"\n");
+                json_decref(args);
                 return 2;
             }
             json_object_set_new(args, "text", json_string(text));
@@ -440,6 +444,7 @@ int main(int argc, char **argv)
             const char *msg = npos >= 3 ? pos[2] : text;
             if (!msg) {
                 fprintf(stderr, "kokoctl: chat needs a MESSAGE\n");
+                json_decref(args);
                 return 2;
             }
             json_object_set_new(args, "message", json_string(msg));

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
@@ -32,7 +31,6 @@ FALLBACK_DIR = os.path.dirname(FALLBACK_SO)
 # tests/plugins/v2/.libs/echo.so: the echo plugin built with tag v2
 V2_PLUGINS = os.path.join(os.path.dirname(TEST_PLUGINS), "v2", ".libs")
 DATA_PLUGINS = os.path.join(SRCDIR, "tests", "data", "plugins")
-INTEGRATION_DATA = os.path.join(SRCDIR, "tests", "data", "integration")
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 15.0
@@ -103,8 +101,10 @@ def demo_tenant(**over):
 
 
 def echo_tenant(**echo_cfg):
-    """A tenant answered by the echo test plugin."""
-    return {"languages": ["en", "hu"], "llm": ["echo"], "backends": {"echo": echo_cfg}}
+    """A tenant answered by the echo test plugin (confident unless told otherwise: no KB to score)."""
+    cfg = {"confidence": 0.9}
+    cfg.update(echo_cfg)
+    return {"languages": ["en", "hu"], "llm": ["echo"], "backends": {"echo": cfg}}
 
 
 class KokodError(AssertionError):

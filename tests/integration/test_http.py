@@ -4,10 +4,11 @@ test_http.py — kokod's HTTP API end to end: /health, errors (404, 405, 401,
 English, /query's legacy shape, /projects, /stats, /metrics, conversation
 language carry-over, and the refusal to listen on 0.0.0.0 without a token.
 """
+import json
 import os
-import re
 import sys
 
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import Kokod, KokoTestCase, demo_tenant  # noqa: E402
@@ -38,7 +39,6 @@ class HttpApi(KokoTestCase):
     def post_chat(self, body, content_type="application/json"):
         headers = {"Content-Type": content_type} if content_type else {}
         if not isinstance(body, (str, bytes)):
-            import json
             body = json.dumps(body)
         return self.k.http("POST", "/api/chat", body, headers=headers)
 
