@@ -15,7 +15,7 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 PACKAGES=(
   build-essential autoconf automake libtool pkg-config
   libevent-dev libcurl4-openssl-dev libjansson-dev libyaml-dev check
-  libstemmer-dev libexttextcat-dev libsqlite3-dev libhiredis-dev
+  libstemmer-dev libexttextcat-dev libsqlite3-dev libhiredis-dev libssl-dev
   curl ca-certificates python3 wrk redis-server valgrind procps
 )
 

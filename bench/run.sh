@@ -51,6 +51,7 @@ stop_pid() # PID: TERM it, wait up to 5 s, then KILL; only processes this script
     wait "$1" 2>/dev/null
 }
 
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup()
 {
     stop_pid "$KOKOD_PID"
@@ -71,7 +72,8 @@ wait_port()
 {
     i=0
     while [ $i -lt 100 ]; do
-        port=$(sed -n 's|.*listening on http://[^ ]*:\([0-9][0-9]*\).*|\1|p' "$1" | head -n 1)
+        # the log may not exist yet: the background shell creates it after the fork
+        port=$(sed -n 's|.*listening on http://[^ ]*:\([0-9][0-9]*\).*|\1|p' "$1" 2>/dev/null | head -n 1)
         if [ -n "$port" ]; then
             echo "$port"
             return 0
@@ -91,6 +93,18 @@ status()
 median() # numbers as arguments
 {
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# check_alive NAME PID LOG: a server that died under load ends the run with its status and log
+check_alive()
+{
+    kill -0 "$2" 2>/dev/null && return 0
+    wait "$2"
+    st=$?
+    echo "bench: $1 (pid $2) died during the run, exit status $st$([ $st -gt 128 ] && echo " (signal $((st - 128)))"); its log:" >&2
+    tail -n 20 "$3" | sed 's/^/    /' >&2
+    [ "$1" = kokod ] && KOKOD_PID= || BARE_PID=
+    die "no figures: a server died"
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
@@ -170,6 +184,14 @@ sleep 0.2
 K_RSS=$(status $KOKOD_PID VmRSS)
 K_ANON=$(status $KOKOD_PID RssAnon)
 K_FILE=$(status $KOKOD_PID RssFile)
+K_PSS=$(awk '$1 == "Pss:" { print $2 }' "/proc/$KOKOD_PID/smaps_rollup" 2>/dev/null)
+# where the resident pages are: the five largest mappings (a library is the sum of its segments)
+K_TOP=$(awk '/^[0-9a-f]+-[0-9a-f]+ / { n = ($6 == "") ? "[anon]" : $6; sub(".*/", "", n) }
+             /^Rss:/ { rss[n] += $2 }
+             END { for (n in rss) if (rss[n] > 0) print rss[n], n }' "/proc/$KOKOD_PID/smaps" 2>/dev/null |
+        sort -rn | head -n 5 | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')
+K_LIBS=$(awk '/^[0-9a-f]+-[0-9a-f]+ / && $6 ~ /\.so/ { seen[$6] = 1 } END { print length(seen) }' \
+    "/proc/$KOKOD_PID/maps" 2>/dev/null)
 
 # ---- the ceiling: the same bytes from a bare evhttp server
 if [ -n "$HEALTH_BODY" ]; then
@@ -187,7 +209,7 @@ B_RSS=$(status $BARE_PID VmRSS)
 # ---- warm-up (not counted), then alternating rounds
 wrk -t1 -c"$BENCH_CONNECTIONS" -d1s "$KURL/health" >/dev/null 2>&1
 wrk -t1 -c"$BENCH_CONNECTIONS" -d1s "$BURL/health" >/dev/null 2>&1
-K_ALL= B_ALL= C_ALL=
+K_ALL='' B_ALL='' C_ALL=''
 r=1
 while [ $r -le "$BENCH_ROUNDS" ]; do
     if [ $((r % 2)) -eq 1 ]; then
@@ -197,7 +219,10 @@ while [ $r -le "$BENCH_ROUNDS" ]; do
         b=$(bench_wrk "bare-health-$r" "$BURL/health")
         k=$(bench_wrk "kokod-health-$r" "$KURL/health")
     fi
+    check_alive bare "$BARE_PID" "$TMP/bare.log"
+    check_alive kokod "$KOKOD_PID" "$TMP/kokod.log"
     c=$(bench_wrk "kokod-chat-$r" "$KURL" "$KOKO_SRCDIR/bench/chat.lua")
+    check_alive kokod "$KOKOD_PID" "$TMP/kokod.log"
     echo "round $r/$BENCH_ROUNDS: /health kokod $k, bare $b; /api/chat kokod $c (req/s)"
     K_ALL="$K_ALL $k" B_ALL="$B_ALL $b" C_ALL="$C_ALL $c"
     r=$((r + 1))
@@ -223,6 +248,8 @@ echo "   ratio kokod/bare = $HR   target >= $HEALTH_TARGET   $(verdict_ge "$HR" 
 echo
 echo "== 2. kokod idle RSS (demo config, after start and a few requests)"
 echo "   kokod VmRSS $K_RSS KiB (RssAnon $K_ANON KiB, RssFile $K_FILE KiB)   target < $RSS_TARGET_KIB KiB   $RSS_VERDICT"
+echo "   kokod Pss ${K_PSS:-?} KiB (shared library pages divided among their users); $K_LIBS shared objects mapped"
+echo "   largest (KiB): $K_TOP"
 echo "   bare_evhttp VmRSS $B_RSS KiB (the libevent floor); kokod/bare = $(ratio "$K_RSS" "$B_RSS")"
 echo "   kokod after the load: VmRSS $K_RSS_AFTER KiB, peak VmHWM $K_HWM KiB"
 echo

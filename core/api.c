@@ -16,9 +16,16 @@
 
 #define MAX_MESSAGE_BYTES 16384
 
+/* The hot path of load balancers and monitors: one snprintf, no JSON tree. */
 void api_health(kokod *kd, koko_request *r)
 {
-    server_respond_json(r, 200, kokod_status(kd));
+    char body[1024];
+    int n = kokod_health(kd, body, sizeof body);
+    if (n < 0 || (size_t)n >= sizeof body) {
+        server_respond_json(r, 200, kokod_status(kd));
+        return;
+    }
+    server_respond_raw(r, 200, "application/json", body, (size_t)n);
 }
 
 static int is_json_ctype(koko_request *r)
@@ -237,9 +244,9 @@ void api_webhook(kokod *kd, koko_request *r)
         return;
     }
     const char *name = slash + 1;
-    koko_instance **lists[] = {t->channels, t->tools};
-    size_t counts[] = {t->n_channels, t->n_tools};
-    for (size_t l = 0; l < 2; l++)
+    koko_instance **lists[] = {t->channels, t->tools, t->backends};
+    size_t counts[] = {t->n_channels, t->n_tools, t->n_backends};
+    for (size_t l = 0; l < 3; l++)
         for (size_t i = 0; i < counts[l]; i++) {
             const inst_route *ro = instance_route(lists[l][i], name);
             if (ro) {

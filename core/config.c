@@ -250,9 +250,9 @@ static plugin_lib *need_plugin(core_config *c, loader *ld, diag *d, const char *
         c->libs[c->n_libs++] = lib;
     }
     if (lib->desc->kind != kind) {
-        cfgdoc_error(c->doc, d, path, "plugin \"%s\" is a %s plugin, not a%s %s plugin", name,
-                     loader_kind_name(lib->desc->kind), kind == KOKO_KIND_LLM ? "n" : "",
-                     loader_kind_name(kind));
+        cfgdoc_error(c->doc, d, path, "plugin \"%s\" is a%s %s plugin, not a%s %s plugin", name,
+                     lib->desc->kind == KOKO_KIND_LLM ? "n" : "", loader_kind_name(lib->desc->kind),
+                     kind == KOKO_KIND_LLM ? "n" : "", loader_kind_name(kind));
         return NULL;
     }
     return lib;
@@ -419,6 +419,7 @@ core_config *config_load(const char *file, const char *const *extra, size_t next
     free(cache);
     const char *lvl = str_or(json_object_get(root, "log"), "level", NULL);
     c->log_level = lvl ? xstrdup(lvl) : NULL;
+    c->log_syslog = json_is_true(json_object_get(json_object_get(root, "log"), "syslog"));
 
     if (!c->api_token && !util_is_loopback(c->listen_host))
         cfgdoc_error(doc, d, "server.listen",

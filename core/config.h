@@ -55,6 +55,7 @@ typedef struct core_config {
     char **plugin_path;  /* search path: -P/KOKO_PLUGIN_PATH first, then plugins:, then PLUGINDIR */
     size_t n_plugin_path;
     char *log_level;     /* NULL = leave as is */
+    int log_syslog;      /* log.syslog: log to syslog (takes effect at start) */
     tenant_cfg *tenants;
     size_t n_tenants;
     plugin_lib **libs;   /* every plugin the file names, one reference each */

@@ -172,17 +172,19 @@ static int build_tenant(kokod *kd, generation *g, const generation *old, tenant 
         t->knowledge = sb_take(&sb);
     }
 
-    /* every llm the chain or a route names, once */
+    /* every llm the chain or a route names, once (a failed init is reported once) */
     const json_t *be;
     const char *bname;
+    json_t *tried = json_object();
+#define TRY_ONCE(nm) (json_object_get(tried, (nm)) ? 0 : (json_object_set_new(tried, (nm), json_true()), 1))
     for (size_t i = 0; i < tc->n_llm; i++)
-        if (!tenant_backend(t, tc->llm[i])) {
+        if (!tenant_backend(t, tc->llm[i]) && TRY_ONCE(tc->llm[i])) {
             koko_instance *inst = make_instance(kd, g, old, t, KOKO_KIND_LLM, tc->llm[i], d);
             if (inst)
                 add_inst(&t->backends, &t->n_backends, inst);
         }
     json_object_foreach((json_t *)tc->backends, bname, be)
-        if (!tenant_backend(t, bname)) {
+        if (!tenant_backend(t, bname) && TRY_ONCE(bname)) {
             koko_instance *inst = make_instance(kd, g, old, t, KOKO_KIND_LLM, bname, d);
             if (inst)
                 add_inst(&t->backends, &t->n_backends, inst);
@@ -194,12 +196,14 @@ static int build_tenant(kokod *kd, generation *g, const generation *old, tenant 
         size_t j;
         json_t *nm;
         json_array_foreach(json_object_get(r, "llm"), j, nm)
-            if (!tenant_backend(t, json_string_value(nm))) {
+            if (!tenant_backend(t, json_string_value(nm)) && TRY_ONCE(json_string_value(nm))) {
                 koko_instance *inst = make_instance(kd, g, old, t, KOKO_KIND_LLM, json_string_value(nm), d);
                 if (inst)
                     add_inst(&t->backends, &t->n_backends, inst);
             }
     }
+#undef TRY_ONCE
+    json_decref(tried);
     t->chain = xcalloc(tc->n_llm, sizeof *t->chain);
     for (size_t i = 0; i < tc->n_llm; i++) {
         koko_instance *inst = tenant_backend(t, tc->llm[i]);
@@ -256,6 +260,7 @@ static void gen_destroy(generation *g)
     for (size_t i = 0; i < g->n_tenants; i++)
         tenant_destroy(&g->tenants[i]);
     free(g->tenants);
+    free(g->plugins_json);
     config_free(g->cfg, g->kd->loader);
     free(g);
     n_alive--;
@@ -301,6 +306,11 @@ generation *gen_build(kokod *kd, uint64_t id, core_config *cfg, const generation
         gen_destroy(g);
         return NULL;
     }
+    json_t *names = json_array();
+    for (size_t i = 0; i < cfg->n_libs; i++)
+        json_array_append_new(names, json_string(cfg->libs[i]->name));
+    g->plugins_json = json_dumps(names, JSON_COMPACT);
+    json_decref(names);
     g->build_ms = util_now_ms_f() - t0;
     return g;
 }

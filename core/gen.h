@@ -57,6 +57,7 @@ typedef struct generation {
     core_config *cfg;
     tenant *tenants;
     size_t n_tenants;
+    char *plugins_json;          /* ["name", ...] of the plugins this configuration uses, for /health */
     int64_t built_at;            /* unix time */
     double build_ms;
 } generation;

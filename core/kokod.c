@@ -110,8 +110,9 @@ kokod *kokod_new(const char *config_path, const char *const *extra, size_t nextr
         kokod_free(kd);
         return NULL;
     }
-    if (cfg->log_level)
-        log_set_level((koko_log_level)log_level_parse(cfg->log_level));
+    log_config_level(cfg->log_level);
+    if (cfg->log_syslog)
+        log_use_syslog("kokod");
     util_mkdir_p(cfg->state_dir, 0700);
     ensure_lang(kd, cfg);
     kd->current = gen_build(kd, kd->next_gen, cfg, NULL, d);
@@ -199,8 +200,7 @@ int kokod_reload(kokod *kd, diag *d, json_t **changes)
     if (strcmp(old->cfg->control_path, cfg->control_path) != 0)
         log_warn("core", "server.control changed: the control socket stays at %s until kokod restarts",
                  old->cfg->control_path);
-    if (cfg->log_level)
-        log_set_level((koko_log_level)log_level_parse(cfg->log_level));
+    log_config_level(cfg->log_level);
     kd->current = g;
     if (kd->srv)
         server_set_max_body(kd->srv, cfg->max_body);
@@ -319,6 +319,19 @@ json_t *kokod_status(kokod *kd)
                      (json_int_t)((kd->srv ? server_inflight(kd->srv) : 0) + pipeline_inflight(kd->pipe)),
                      "reloads", "ok", (json_int_t)kd->reloads_ok, "failed", (json_int_t)kd->reloads_failed,
                      "generations_alive", (json_int_t)gen_alive());
+}
+
+int kokod_health(kokod *kd, char *buf, size_t size)
+{
+    const generation *g = kd->current;
+    return snprintf(buf, size,
+                    "{\"status\":\"%s\",\"version\":\"%s\",\"generation\":%llu,\"uptime_s\":%lld,\"plugins\":%s,"
+                    "\"tenants\":%zu,\"inflight\":%zu,\"reloads\":{\"ok\":%llu,\"failed\":%llu},"
+                    "\"generations_alive\":%zu}",
+                    kd->stopping ? "stopping" : "ok", PACKAGE_VERSION, (unsigned long long)(g ? g->id : 0),
+                    (long long)(util_unix_time() - kd->started_at), g && g->plugins_json ? g->plugins_json : "[]",
+                    g ? g->n_tenants : 0, (kd->srv ? server_inflight(kd->srv) : 0) + pipeline_inflight(kd->pipe),
+                    (unsigned long long)kd->reloads_ok, (unsigned long long)kd->reloads_failed, gen_alive());
 }
 
 json_t *kokod_plugins(kokod *kd)

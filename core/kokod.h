@@ -77,6 +77,8 @@ void kokod_stop(kokod *kd);
 void kokod_count(kokod *kd, const char *tenant_name, const char *counter, double delta);
 /* Status document used by /health, kokoctl status. Caller decrefs. */
 json_t *kokod_status(kokod *kd);
+/* /health's body written into BUF (the same fields as kokod_status's head); snprintf's result. */
+int kokod_health(kokod *kd, char *buf, size_t size);
 /* Plugin list, tenant list (kokoctl plugins / tenants, /projects). Caller decrefs. */
 json_t *kokod_plugins(kokod *kd);
 json_t *kokod_tenants(kokod *kd);

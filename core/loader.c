@@ -211,7 +211,8 @@ char *loader_available(const char *const *search, size_t nsearch)
         }
         closedir(dir);
     }
-    qsort(names, n, sizeof *names, cmp_str);
+    if (n)
+        qsort(names, n, sizeof *names, cmp_str);
     strbuf sb = {0};
     for (size_t i = 0; i < n; i++) {
         sb_printf(&sb, "%s%s", i ? ", " : "", names[i]);

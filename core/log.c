@@ -17,14 +17,30 @@
 
 static koko_log_level log_level = KOKO_LOG_INFO;
 static int log_syslog;
+static int log_level_pinned; /* set on the command line: the configuration does not change it */
 
 static const char *const level_names[] = {"ERROR", "WARN ", "INFO ", "DEBUG"};
 
 void log_set_level(koko_log_level lvl) { log_level = lvl; }
+
+void log_pin_level(koko_log_level lvl)
+{
+    log_level = lvl;
+    log_level_pinned = 1;
+}
+
+void log_config_level(const char *name)
+{
+    int lvl = name ? log_level_parse(name) : -1;
+    if (lvl >= 0 && !log_level_pinned)
+        log_level = (koko_log_level)lvl;
+}
 koko_log_level log_get_level(void) { return log_level; }
 
 void log_use_syslog(const char *ident)
 {
+    if (log_syslog)
+        return;
     openlog(ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
     log_syslog = 1;
 }

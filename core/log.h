@@ -14,6 +14,10 @@
 
 void log_set_level(koko_log_level lvl);
 koko_log_level log_get_level(void);
+/* The command line's level: wins over log.level of the configuration. */
+void log_pin_level(koko_log_level lvl);
+/* log.level of the configuration (NULL = unchanged), unless the command line pinned one. */
+void log_config_level(const char *name);
 /* Switch to syslog(3) with IDENT; stderr otherwise. */
 void log_use_syslog(const char *ident);
 /* Parse "error|warn|info|debug"; -1 when unknown. */

@@ -75,7 +75,7 @@ int main(int argc, char **argv)
                 fprintf(stderr, "kokod: unknown log level \"%s\" (error, warn, info, debug)\n", optarg);
                 return 2;
             }
-            log_set_level((koko_log_level)lvl);
+            log_pin_level((koko_log_level)lvl);
             break;
         }
         case 's': log_use_syslog("kokod"); break;

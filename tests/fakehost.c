@@ -83,9 +83,14 @@ typedef struct submit_answer {
 
 typedef struct submitted {
     koko_msg msg;
-    char *strs[8];
+    char *strs[13];
     json_t *meta;
+    json_t *headers;
+    koko_attachment *att;
+    char **att_strs; /* 3 per attachment: kind, url, content_type */
 } submitted;
+
+
 
 typedef struct env_var {
     char *name, *value;
@@ -128,6 +133,9 @@ struct fakehost {
     size_t n_answers;
     submitted **subs;
     size_t n_subs;
+
+    fakehost_conv_event *convs;
+    size_t n_convs;
 
     size_t drained;
     int freeing;
@@ -518,7 +526,9 @@ static void fh_submit(koko_instance *inst, const koko_msg *msg, koko_submit_fn d
     s->msg.size = sizeof s->msg;
     const char **fields[] = {&s->msg.tenant,     &s->msg.channel, &s->msg.msg_id,
                              &s->msg.conversation_id, &s->msg.contact_id, &s->msg.inbox,
-                             &s->msg.text,       &s->msg.language};
+                             &s->msg.text,       &s->msg.language, &s->msg.subject,
+                             &s->msg.from,       &s->msg.content_type, &s->msg.skip,
+                             &s->msg.handoff};
     s->msg.tenant = fh->tenant;
     s->msg.channel = fh->plugin;
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
@@ -527,6 +537,25 @@ static void fh_submit(koko_instance *inst, const koko_msg *msg, koko_submit_fn d
     }
     s->meta = s->msg.meta ? json_deep_copy(s->msg.meta) : NULL;
     s->msg.meta = s->meta;
+    /* ABI 1.1 fields a 1.0 producer did not send are zero (memcpy above stopped at its size) */
+    s->headers = s->msg.headers ? json_deep_copy(s->msg.headers) : NULL;
+    s->msg.headers = s->headers;
+    if (s->msg.attachments && s->msg.n_attachments) {
+        size_t n = s->msg.n_attachments;
+        s->att = xcalloc(n, sizeof *s->att);
+        s->att_strs = xcalloc(3 * n, sizeof *s->att_strs);
+        for (size_t i = 0; i < n; i++) {
+            const koko_attachment *a = &s->msg.attachments[i];
+            s->att[i].size = a->size;
+            s->att[i].kind = s->att_strs[3 * i] = xstrdup(a->kind);
+            s->att[i].url = s->att_strs[3 * i + 1] = xstrdup(a->url);
+            s->att[i].content_type = s->att_strs[3 * i + 2] = xstrdup(a->content_type);
+        }
+        s->msg.attachments = s->att;
+    } else {
+        s->msg.attachments = NULL;
+        s->msg.n_attachments = 0;
+    }
     fh->subs = xrealloc(fh->subs, (fh->n_subs + 1) * sizeof *fh->subs);
     fh->subs[fh->n_subs++] = s;
     if (!done)
@@ -564,6 +593,26 @@ size_t fakehost_submit_count(const fakehost *fh)
 const koko_msg *fakehost_submitted(const fakehost *fh, size_t i)
 {
     return i < fh->n_subs ? &fh->subs[i]->msg : NULL;
+}
+
+/* ---- conversation (ABI 1.1) ---- */
+
+static void fh_conversation(koko_instance *inst, const char *conversation_id, koko_conv_event ev,
+                            const char *detail)
+{
+    fakehost *fh = host_of(inst, "conversation");
+    fh->convs = xrealloc(fh->convs, (fh->n_convs + 1) * sizeof *fh->convs);
+    fh->convs[fh->n_convs++] = (fakehost_conv_event){xstrdup(conversation_id), ev, xstrdup(detail)};
+}
+
+size_t fakehost_conversation_count(const fakehost *fh)
+{
+    return fh->n_convs;
+}
+
+const fakehost_conv_event *fakehost_conversation_get(const fakehost *fh, size_t i)
+{
+    return i < fh->n_convs ? &fh->convs[i] : NULL;
 }
 
 /* ---- post ---- */
@@ -640,6 +689,7 @@ static const koko_host fake_host = {
     .respond = fh_respond,
     .submit = fh_submit,
     .post = fh_post,
+    .conversation = fh_conversation,
 };
 
 const koko_host *fakehost_host(void)
@@ -728,9 +778,19 @@ void fakehost_free(fakehost *fh)
         for (size_t j = 0; j < sizeof fh->subs[i]->strs / sizeof fh->subs[i]->strs[0]; j++)
             free(fh->subs[i]->strs[j]);
         json_decref(fh->subs[i]->meta);
+        json_decref(fh->subs[i]->headers);
+        for (size_t j = 0; j < 3 * fh->subs[i]->msg.n_attachments; j++)
+            free(fh->subs[i]->att_strs[j]);
+        free(fh->subs[i]->att_strs);
+        free(fh->subs[i]->att);
         free(fh->subs[i]);
     }
     free(fh->subs);
+    for (size_t i = 0; i < fh->n_convs; i++) {
+        free(fh->convs[i].conversation_id);
+        free(fh->convs[i].detail);
+    }
+    free(fh->convs);
     free(fh->submit_error);
     free(fh->tenant);
     free(fh->plugin);

@@ -8,8 +8,8 @@
  * own client), so a plugin's callbacks run later, on the loop, as the ABI
  * promises. Everything the plugin tells the host is recorded for the test to
  * inspect: log lines, routes and the responses it gives them, submitted
- * messages, drained() calls. fakediag is a koko_diag that records validate()
- * errors.
+ * messages, conversation events, drained() calls. fakediag is a koko_diag
+ * that records validate() errors.
  *
  * Link: tests/fakehost.c core/httpc.c, libevent, libcurl, jansson, -ldl,
  * -lpthread. Everything is for one thread (the test's) except the host's
@@ -132,8 +132,20 @@ const fakehost_response *fakehost_response_get(const fakehost *fh, size_t i); /*
 void fakehost_set_submit_status(fakehost *fh, koko_submit_status st, const char *error);
 size_t fakehost_submit_count(const fakehost *fh);
 /* A deep copy of the I-th submitted message, tenant and channel filled in
- * (the fakehost's tenant and plugin name), meta deep-copied. Borrowed. */
+ * (the fakehost's tenant and plugin name), every string copied, meta,
+ * headers and attachments deep-copied. Borrowed. */
 const koko_msg *fakehost_submitted(const fakehost *fh, size_t i);
+
+/* ---- conversation (ABI 1.1 ownership events) ---- */
+
+typedef struct fakehost_conv_event {
+    char *conversation_id;
+    koko_conv_event ev;
+    char *detail; /* NULL when the plugin gave none */
+} fakehost_conv_event;
+/* host->conversation() calls, oldest first (strings copied). */
+size_t fakehost_conversation_count(const fakehost *fh);
+const fakehost_conv_event *fakehost_conversation_get(const fakehost *fh, size_t i); /* borrowed */
 
 /* ---- validate() diagnostics ---- */
 

@@ -63,10 +63,20 @@ static void copy_file(const char *src, const char *dst)
     free(data);
 }
 
+/* Also registered with atexit: a failed assertion ends the test process
+ * without running the checked teardown. */
+static void teardown(void)
+{
+    if (tmp_root[0])
+        nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    tmp_root[0] = '\0';
+}
+
 static void setup(void)
 {
     snprintf(tmp_root, sizeof tmp_root, "/tmp/koko-test-loader-XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(tmp_root));
+    atexit(teardown);
     snprintf(plug_dir, sizeof plug_dir, "%s/plugins", tmp_root);
     snprintf(cache_dir, sizeof cache_dir, "%s/cache", tmp_root);
     ck_assert_int_eq(mkdir(plug_dir, 0700), 0);
@@ -80,11 +90,7 @@ static void setup(void)
     ck_assert_int_eq(symlink(src, dst), 0);
 }
 
-static void teardown(void)
-{
-    if (tmp_root[0])
-        nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
+
 
 /* Number of entries in the cache folder (0 when it does not exist). */
 static int cache_files(void)

@@ -385,9 +385,9 @@ int main(int argc, char **argv)
         default: usage(stderr); return 2;
         }
     }
-    const char *pos[8];
+    const char *pos[64];
     int npos = 0;
-    for (; optind < argc && npos < 8; optind++)
+    for (; optind < argc && npos < 64; optind++)
         pos[npos++] = argv[optind];
     if (npos == 0) {
         usage(stderr);
@@ -441,13 +441,20 @@ int main(int argc, char **argv)
                 json_object_set_new(args, "language", json_string(language));
         }
         if (strcmp(cmd, "chat") == 0) {
-            const char *msg = npos >= 3 ? pos[2] : text;
-            if (!msg) {
+            /* the message may come as one quoted argument or as several words */
+            strbuf words = {0};
+            for (int w = 2; w < npos; w++)
+                sb_printf(&words, "%s%s", w > 2 ? " " : "", pos[w]);
+            if (!words.len && text)
+                sb_puts(&words, text);
+            if (!words.len) {
                 fprintf(stderr, "kokoctl: chat needs a MESSAGE\n");
                 json_decref(args);
+                sb_free(&words);
                 return 2;
             }
-            json_object_set_new(args, "message", json_string(msg));
+            json_object_set_new(args, "message", json_string(words.buf));
+            sb_free(&words);
             if (conversation)
                 json_object_set_new(args, "conversation_id", json_string(conversation));
             if (language)

@@ -16,13 +16,14 @@
 
 #include "chatwoot.h"
 
-static const char *const top_keys[] = {"base_url", "account_id", "api_token", "webhook_secret", "inboxes",
-                                       "reply_in", "handoff", "quiet_ms", "timeout_ms", "max_attempts",
-                                       "retry_base_ms", "timestamp_window_s", "attachments", NULL};
+static const char *const top_keys[] = {
+    "base_url",    "account_id", "api_token",  "webhook_secret", "inboxes",       "reply_in",
+    "handoff",     "quiet_ms",   "timeout_ms", "max_attempts",   "retry_base_ms", "timestamp_window_s",
+    "attachments", NULL};
 static const char *const handoff_keys[] = {"team_id", "assignee_id", "labels", "note", NULL};
 static const char *const statuses[] = {"open", "pending", "snoozed", "resolved", NULL};
-static const char *const note_fields[] = {"reason", "question", "draft", "sources", "confidence", "backend",
-                                          "conversation", NULL};
+static const char *const note_fields[] = {"reason",     "question", "draft",        "sources",
+                                          "confidence", "backend",  "conversation", NULL};
 
 const char cw_default_note[] = "Kokó átadta a beszélgetést / Kokó handed this conversation over\n"
                                "\n"
@@ -43,8 +44,8 @@ typedef struct int_range {
 } int_range;
 
 static const int_range ranges[] = {
-    {"quiet_ms", 0, 600000},       {"timeout_ms", 100, 300000},        {"max_attempts", 1, 10},
-    {"retry_base_ms", 1, 60000},   {"timestamp_window_s", 1, 86400},   {NULL, 0, 0},
+    {"quiet_ms", 0, 600000},     {"timeout_ms", 100, 300000},      {"max_attempts", 1, 10},
+    {"retry_base_ms", 1, 60000}, {"timestamp_window_s", 1, 86400}, {NULL, 0, 0},
 };
 
 /* ---- validation ---- */
@@ -52,14 +53,21 @@ static const int_range ranges[] = {
 static const char *json_kind(const json_t *v)
 {
     switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "a list";
-    case JSON_STRING: return json_string_length(v) ? "a string" : "an empty string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "a list";
+    case JSON_STRING:
+        return json_string_length(v) ? "a string" : "an empty string";
+    case JSON_INTEGER:
+        return "an integer";
+    case JSON_REAL:
+        return "a real number";
     case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    default: return "null";
+    case JSON_FALSE:
+        return "a boolean";
+    default:
+        return "null";
     }
 }
 
@@ -152,7 +160,7 @@ static int check_note(koko_diag *d, const json_t *v)
         if (!in_list(name, note_fields)) {
             char list[256];
             join_list(list, sizeof list, note_fields);
-            d->error(d, "handoff.note", "unknown placeholder {%s} (known: %s)", name, list);
+            d->error(d, "handoff.note", "unknown field {%s} (known: %s)", name, list);
             n++;
         }
     }
@@ -170,7 +178,8 @@ static int check_handoff(koko_diag *d, const json_t *h)
     const char *key;
     const json_t *v;
     char path[160];
-    json_object_foreach ((json_t *)h, key, v) {
+    json_object_foreach((json_t *)h, key, v)
+    {
         snprintf(path, sizeof path, "handoff.%s", key);
         if (strcmp(key, "team_id") == 0) {
             n += check_id(d, path, v, "a Chatwoot team id");
@@ -184,7 +193,8 @@ static int check_handoff(koko_diag *d, const json_t *h)
             }
             size_t i;
             const json_t *l;
-            json_array_foreach (v, i, l) {
+            json_array_foreach(v, i, l)
+            {
                 snprintf(path, sizeof path, "handoff.labels[%zu]", i);
                 n += check_string(d, path, l, "");
             }
@@ -209,7 +219,8 @@ static int check_list(koko_diag *d, const char *key, const json_t *v)
     size_t i;
     const json_t *e;
     char path[64];
-    json_array_foreach (v, i, e) {
+    json_array_foreach(v, i, e)
+    {
         snprintf(path, sizeof path, "%s[%zu]", key, i);
         if (strcmp(key, "inboxes") == 0) {
             n += check_id(d, path, e, "a Chatwoot inbox id");
@@ -246,22 +257,25 @@ static int check_int(koko_diag *d, const char *key, const json_t *v)
 static int check_config(const json_t *cfg, koko_diag *d)
 {
     if (!json_is_object(cfg)) {
-        d->error(d, "", "expected an object (the Chatwoot channel's settings: base_url, account_id, api_token, ...), "
-                        "got %s",
+        d->error(d, "",
+                 "expected an object (the Chatwoot channel's settings: base_url, account_id, api_token, ...), "
+                 "got %s",
                  cfg ? json_kind(cfg) : "nothing");
         return 1;
     }
     int n = 0;
     const char *key;
     const json_t *v;
-    json_object_foreach ((json_t *)cfg, key, v) {
+    json_object_foreach((json_t *)cfg, key, v)
+    {
         if (strcmp(key, "base_url") == 0) {
             if (!json_is_string(v)) {
                 d->error(d, key, "expected the Chatwoot address as a string, e.g. \"https://chat.example.com\", got %s",
                          json_kind(v));
                 n++;
             } else if (!url_ok(json_string_value(v))) {
-                d->error(d, key, "expected an http:// or https:// URL naming a host, e.g. \"https://chat.example.com\"");
+                d->error(d, key,
+                         "expected an http:// or https:// URL naming a host, e.g. \"https://chat.example.com\"");
                 n++;
             }
         } else if (strcmp(key, "account_id") == 0) {
@@ -275,8 +289,8 @@ static int check_config(const json_t *cfg, koko_diag *d)
         } else if (strcmp(key, "handoff") == 0) {
             n += check_handoff(d, v);
         } else if (strcmp(key, "attachments") == 0) {
-            if (!json_is_string(v) || (strcmp(json_string_value(v), "acknowledge") != 0 &&
-                                       strcmp(json_string_value(v), "handoff") != 0)) {
+            if (!json_is_string(v) ||
+                (strcmp(json_string_value(v), "acknowledge") != 0 && strcmp(json_string_value(v), "handoff") != 0)) {
                 d->error(d, key, "expected \"acknowledge\" or \"handoff\"");
                 n++;
             }
@@ -410,8 +424,8 @@ typedef struct first_error {
     int count;
 } first_error;
 
-__attribute__((format(printf, 3, 4))) static void first_error_fn(koko_diag *d, const char *relpath,
-                                                                  const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void first_error_fn(koko_diag *d, const char *relpath, const char *fmt,
+                                                                 ...)
 {
     first_error *fe = d->priv;
     if (fe->count++ > 0)

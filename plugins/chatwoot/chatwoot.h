@@ -53,6 +53,7 @@ typedef struct cw_config {
 
 typedef struct cw_call cw_call;
 typedef struct cw_delivery cw_delivery;
+typedef struct typing_slot typing_slot;
 
 /* One instance: one tenant's Chatwoot account. */
 typedef struct cw {
@@ -67,6 +68,7 @@ typedef struct cw {
 
     cw_call *calls;          /* REST calls in flight or waiting to retry */
     cw_delivery *deliveries; /* deliver() sequences not finished */
+    typing_slot *typing;     /* conversations with a typing call in flight */
     size_t busy;             /* calls + deliveries + webhooks awaiting submit() */
     int stopping;
     koko_drained_fn drained;
