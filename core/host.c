@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "curlfn.h"
 #include "instance.h"
 #include "kokod.h"
 #include "log.h"
@@ -83,9 +84,11 @@ static koko_http *host_http_submit(koko_instance *inst, CURL *easy, struct curl_
                                    koko_http_fn done, void *arg)
 {
     if (!checked(inst, "http_submit") || !easy || !done) {
-        curl_slist_free_all(headers);
-        if (easy)
-            curl_easy_cleanup(easy);
+        if (curlfn_loaded() || curlfn_load((char[128]){0}, 128) == 0) {
+            curl_slist_free_all(headers);
+            if (easy)
+                curl_easy_cleanup(easy);
+        }
         return NULL;
     }
     koko_http *h = xcalloc(1, sizeof *h);

@@ -11,6 +11,7 @@
  * pending) or DELIVERING (its callback is running).
  */
 #include "httpc.h"
+#include "curlfn.h"
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -501,28 +502,41 @@ httpc *httpc_new(struct event_base *base, char *err, size_t errlen)
         httpc_seterr(err, errlen, "httpc_new: out of memory");
         return NULL;
     }
-    h->multi = curl_multi_init();
-    if (!h->multi) {
-        httpc_seterr(err, errlen,
-                     "httpc_new: curl_multi_init failed (out of memory, or curl_global_init not called)");
-        free(h);
-        return NULL;
-    }
     h->magic = HTTPC_MAGIC;
     h->base = base;
     h->max_body = HTTPC_DEFAULT_MAX_BODY;
     if (evtimer_assign(&h->timer_ev, base, httpc_timer_event, h) != 0 ||
-        event_assign(&h->done_ev, base, -1, 0, httpc_done_event, h) != 0 ||
-        curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, httpc_sock_cb) != CURLM_OK ||
-        curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h) != CURLM_OK ||
-        curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, httpc_timer_cb) != CURLM_OK ||
-        curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h) != CURLM_OK) {
-        httpc_seterr(err, errlen, "httpc_new: setting up the curl multi handle on libevent failed");
-        curl_multi_cleanup(h->multi);
+        event_assign(&h->done_ev, base, -1, 0, httpc_done_event, h) != 0) {
+        httpc_seterr(err, errlen, "httpc_new: setting up the libevent events failed");
         free(h);
         return NULL;
     }
+    /* libcurl and the multi handle come with the first transfer (curlfn.h) */
     return h;
+}
+
+/* Load libcurl and make the multi handle, once, on the first transfer. */
+static int httpc_ensure_multi(httpc *h, char *err, size_t errlen)
+{
+    if (h->multi)
+        return 0;
+    if (curlfn_load(err, errlen) != 0)
+        return -1;
+    h->multi = curl_multi_init();
+    if (!h->multi) {
+        httpc_seterr(err, errlen, "httpc: curl_multi_init failed (out of memory)");
+        return -1;
+    }
+    if (curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, httpc_sock_cb) != CURLM_OK ||
+        curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h) != CURLM_OK ||
+        curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, httpc_timer_cb) != CURLM_OK ||
+        curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h) != CURLM_OK) {
+        httpc_seterr(err, errlen, "httpc: setting up the curl multi handle on libevent failed");
+        curl_multi_cleanup(h->multi);
+        h->multi = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 void httpc_set_max_body(httpc *h, size_t bytes)
@@ -535,6 +549,9 @@ httpc_xfer *httpc_submit(httpc *h, CURL *easy, struct curl_slist *headers, void 
                          httpc_cb cb, void *arg)
 {
     httpc_xfer *x = NULL;
+    char lerr[256];
+    if (!curlfn_loaded() && curlfn_load(lerr, sizeof lerr) != 0)
+        return NULL; /* no libcurl in this process: then no plugin could have made EASY either */
     if (h && h->magic == HTTPC_MAGIC && !h->freeing && !h->free_requested && cb)
         x = calloc(1, sizeof *x);
     if (!x) {
@@ -581,6 +598,12 @@ httpc_xfer *httpc_submit(httpc *h, CURL *easy, struct curl_slist *headers, void 
     if (rc != CURLE_OK) {
         x->curl_code = (int)rc;
         xfer_error(x, "httpc: submit: curl_easy_setopt failed: %s", curl_easy_strerror(rc));
+        xfer_queue(x);
+        return x;
+    }
+    if (httpc_ensure_multi(h, lerr, sizeof lerr) != 0) {
+        x->curl_code = CURLE_FAILED_INIT;
+        xfer_error(x, "%s", lerr);
         xfer_queue(x);
         return x;
     }
@@ -652,7 +675,8 @@ static void httpc_free_now(httpc *h)
     while ((x = xfer_dequeue(h)))
         xfer_deliver(h, x);
     event_del(&h->done_ev);
-    curl_multi_cleanup(h->multi); /* may still report sockets through httpc_sock_cb */
+    if (h->multi)
+        curl_multi_cleanup(h->multi); /* may still report sockets through httpc_sock_cb */
     evtimer_del(&h->timer_ev);
     while (h->socks)
         httpc_sock_free(h, h->socks);

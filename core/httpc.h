@@ -8,9 +8,10 @@
  * completions are queued and delivered from their own event. The host's
  * http_submit/http_cancel (include/koko/host.h) are thin wrappers over this.
  *
- * libcurl global state: main() must call curl_global_init(CURL_GLOBAL_DEFAULT)
- * once, before httpc_new() and before any thread starts, and
- * curl_global_cleanup() once after the last httpc_free(). httpc never does.
+ * libcurl is loaded, and curl_global_init'ed, by the first httpc_submit()
+ * (core/curlfn.h): a daemon whose plugins never make a transfer never maps
+ * it. That first submit must happen on the loop thread before any plugin
+ * thread uses libcurl (curl_global_init is not thread-safe).
  *
  * Threading: every function is for the loop thread of the event_base only.
  */

@@ -4,7 +4,6 @@
  */
 #include "kokoconf.h"
 
-#include <curl/curl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -100,7 +99,6 @@ int main(int argc, char **argv)
             dirs[ndirs++] = p;
 
     signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     evthread_use_pthreads();
     int rc = 0;
     diag *d = diag_new();
@@ -142,7 +140,6 @@ int main(int argc, char **argv)
     }
     diag_free(d);
     free(envpath);
-    curl_global_cleanup();
     libevent_global_shutdown();
     return rc;
 }

@@ -133,8 +133,6 @@ void rl_free(rl *r)
 {
     if (!r)
         return;
-    if (r->timer)
-        r->host->timer_cancel(r->timer);
     while (r->head) {
         rl_wait *w = r->head;
         r->head = w->next;

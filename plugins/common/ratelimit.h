@@ -24,8 +24,9 @@ typedef void (*rl_fn)(void *arg);
  * HOST and INST are borrowed and must outlive the limiter. */
 rl *rl_new(const koko_host *host, koko_instance *inst, double rpm, double tpm);
 
-/* Free the limiter: its timer is cancelled and queued waits are freed
- * WITHOUT calling their functions (cancel them first if they must run). */
+/* Free the limiter from destroy(): queued waits are freed WITHOUT calling
+ * their functions, and the host is not called (by then it has cancelled the
+ * limiter's timer; rl_cancel of every wait also cancels it). */
 void rl_free(rl *r);
 
 /*
