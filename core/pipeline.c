@@ -609,7 +609,7 @@ static int over_budget(job *j, koko_instance *inst)
     static int64_t last_alert;
     if (util_unix_time() - last_alert > 300) {
         last_alert = util_unix_time();
-        log_error("budget", "%s: monthly budget of %.2f USD spent (%.4f USD): paid backends are skipped until the "
+        log_error("budget", "%s: monthly budget of %g USD spent (%.4f USD): paid backends are skipped until the "
                   "month ends or budget.monthly_usd is raised", j->t->name, j->t->monthly_usd,
                   month_spend(kd, j->t->name, NULL));
     }
