@@ -186,6 +186,7 @@ static void store_do_close(store *s);
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
+    (void)what;
     store *s = arg;
     char buf[64];
     while (read(fd, buf, sizeof buf) > 0)

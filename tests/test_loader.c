@@ -217,7 +217,7 @@ START_TEST(test_plugin_code_runs)
     ck_assert_msg(lib != NULL, "%s", err);
     ck_assert_int_eq(run_validate(lib, "{\"delay_ms\": 5, \"fail\": false}"), 0);
     ck_assert_int_eq(run_validate(lib, "{\"delay_ms\": -1, \"nope\": 1}"), 2);
-    ck_assert_str_eq(last_diag, "nope: unknown key \"nope\" (known: delay_ms, fail, handoff, confidence)");
+    ck_assert_str_eq(last_diag, "nope: unknown key \"nope\" (known: delay_ms, fail, handoff, confidence, call, cost_usd)");
     loader_release(ld, lib);
     loader_free(ld);
 }
