@@ -257,6 +257,8 @@ static void tenant_destroy(tenant *t)
 static void gen_destroy(generation *g)
 {
     log_info("core", "generation %llu retired", (unsigned long long)g->id);
+    if (g->drain_ev)
+        event_free(g->drain_ev);
     for (size_t i = 0; i < g->n_tenants; i++)
         tenant_destroy(&g->tenants[i]);
     free(g->tenants);
@@ -264,6 +266,39 @@ static void gen_destroy(generation *g)
     config_free(g->cfg, g->kd->loader);
     free(g);
     n_alive--;
+}
+
+static void drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    generation *g = arg;
+    size_t cancelled = 0;
+    for (size_t i = 0; i < g->n_tenants; i++) {
+        const tenant *t = &g->tenants[i];
+        koko_instance **lists[] = {t->channels, t->backends, t->tools};
+        size_t counts[] = {t->n_channels, t->n_backends, t->n_tools};
+        for (size_t l = 0; l < 3; l++)
+            for (size_t j = 0; j < counts[l]; j++)
+                if (lists[l][j]->refs == 1) /* not carried over: only this generation uses it */
+                    cancelled += httpc_cancel_owner(g->kd->http, lists[l][j]);
+    }
+    log_warn("core", "generation %llu still has %d user(s) at its drain deadline: %zu transfer(s) cancelled",
+             (unsigned long long)g->id, g->refs, cancelled);
+}
+
+void gen_retire(generation *g, unsigned drain_ms)
+{
+    /* the current-generation reference goes now; if users remain, the
+     * deadline event lives on G and gen_destroy frees it if they finish first */
+    if (g->refs == 1) {
+        gen_release(g);
+        return;
+    }
+    g->drain_ev = evtimer_new(g->kd->base, drain_deadline, g);
+    struct timeval tv = {drain_ms / 1000, (drain_ms % 1000) * 1000};
+    evtimer_add(g->drain_ev, &tv);
+    gen_release(g);
 }
 
 void gen_release(generation *g)

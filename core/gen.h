@@ -59,6 +59,7 @@ typedef struct generation {
     size_t n_tenants;
     char *plugins_json;          /* ["name", ...] of the plugins this configuration uses, for /health */
     int64_t built_at;            /* unix time */
+    struct event *drain_ev;      /* retired: the drain deadline */
     double build_ms;
 } generation;
 
@@ -72,6 +73,10 @@ tenant *gen_tenant(const generation *g, const char *name);
 const char *tenant_chunk_lang(const tenant *t, const kb *k, const kb_chunk *c);
 /* Find backend NAME among T's llm instances. */
 koko_instance *tenant_backend(const tenant *t, const char *name);
+/* G was replaced: at its drain deadline (DRAIN_MS) cancel the transfers of
+ * the instances only it still uses, so their callbacks run (cancelled) and
+ * the work holding G finishes. */
+void gen_retire(generation *g, unsigned drain_ms);
 /* Generations built and not yet destroyed (for tests and status). */
 size_t gen_alive(void);
 /* JSON summary of what changed from OLD to NEW: {"tenants":{"added":[],"removed":[],"changed":[]},

@@ -206,7 +206,7 @@ int kokod_reload(kokod *kd, diag *d, json_t **changes)
         server_set_max_body(kd->srv, cfg->max_body);
     json_object_set_new(*changes, "generation", json_integer((json_int_t)g->id));
     json_object_set_new(*changes, "build_ms", json_real(util_now_ms_f() - t0));
-    gen_release(old);
+    gen_retire(old, old->cfg->drain_ms);
     kd->reloads_ok++;
     char *s = json_dumps(*changes, JSON_COMPACT);
     log_info("core", "reloaded: generation %llu serving (%s)", (unsigned long long)g->id, s ? s : "");
