@@ -530,7 +530,10 @@ static int httpc_ensure_multi(httpc *h, char *err, size_t errlen)
     if (curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, httpc_sock_cb) != CURLM_OK ||
         curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h) != CURLM_OK ||
         curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, httpc_timer_cb) != CURLM_OK ||
-        curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h) != CURLM_OK) {
+        curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h) != CURLM_OK ||
+        /* bounded sockets under a backlog: excess transfers wait their turn in curl */
+        curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, 128L) != CURLM_OK ||
+        curl_multi_setopt(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 512L) != CURLM_OK) {
         httpc_seterr(err, errlen, "httpc: setting up the curl multi handle on libevent failed");
         curl_multi_cleanup(h->multi);
         h->multi = NULL;

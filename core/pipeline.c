@@ -27,6 +27,7 @@
 
 #define MAX_HITS 5
 #define EXCERPT_CHARS 600
+#define EXCERPT_HITS 3
 #define STEP_DEADLINE_MS 60000
 #define CONV_CAP 100000
 #define DEDUP_CAP 200000
@@ -417,7 +418,9 @@ static void retrieve(job *j)
     }
     for (size_t i = 0; i < j->n_hits; i++) {
         const kb_chunk *c = j->hits[i].chunk;
-        j->excerpts[i] = kb_excerpt(j->kb, c, j->text, EXCERPT_CHARS);
+        /* excerpts cost most of a request: the best few get one, the rest
+         * are offered whole (backends fall back to the text) */
+        j->excerpts[i] = i < EXCERPT_HITS ? kb_excerpt(j->kb, c, j->text, EXCERPT_CHARS) : NULL;
         j->chunks[i] = (koko_chunk){.file = c->file, .heading = c->heading, .text = c->text,
                                     .excerpt = j->excerpts[i], .score = j->hits[i].score,
                                     .coverage = j->hits[i].coverage};

@@ -16,6 +16,10 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "api.h"
 #include "gen.h"
@@ -266,8 +270,22 @@ server *server_new(kokod *kd, const char *host, int port, char *err, size_t errl
         hostbuf[hl - 2] = '\0';
         bind_host = hostbuf;
     }
-    s->sock = evhttp_bind_socket_with_handle(s->http, bind_host, (ev_uint16_t)port);
+    /* a deep accept queue: webhook bursts must not see refused connections */
+    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = EVUTIL_AI_PASSIVE},
+                           *ai = NULL;
+    char portbuf[8];
+    snprintf(portbuf, sizeof portbuf, "%d", port);
+    struct evconnlistener *lst = NULL;
+    if (evutil_getaddrinfo(bind_host, portbuf, &hints, &ai) == 0 && ai) {
+        lst = evconnlistener_new_bind(kd->base, NULL, NULL,
+                                      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE, 1024,
+                                      ai->ai_addr, (int)ai->ai_addrlen);
+        evutil_freeaddrinfo(ai);
+    }
+    s->sock = lst ? evhttp_bind_listener(s->http, lst) : NULL;
     if (!s->sock) {
+        if (lst)
+            evconnlistener_free(lst);
         snprintf(err, errlen, "cannot listen on %s:%d (in use, or not an address of this machine): "
                               "change server.listen", host, port);
         evhttp_free(s->http);

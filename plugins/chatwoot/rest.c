@@ -203,8 +203,10 @@ static void call_send(cw_call *k)
             const char *b = k->body ? k->body : "{}";
             /* libcurl silently re-sends a request whose reused connection died
              * before any answer: for a message that could post it twice. */
-            if (k->source_id)
+            if (k->source_id) {
                 curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+                curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L); /* and do not park it in the cache */
+            }
             curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(b));
             curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, b);
         } else {
