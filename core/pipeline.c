@@ -1090,6 +1090,11 @@ static void deliver_result(job *j, const chat_answer *a)
         .idempotency_key = idem,
         .question = j->text,
     };
+    for (const msgcopy *mc = c->queue; mc; mc = mc->next) {
+        rep.redelivery |= mc->attempts > 1 || mc->n_qids > 1;
+        if (&mc->m == j->msg)
+            break;
+    }
     if (a->handoff)
         set_owner(c, OWNER_HUMAN, a->handoff_reason ? a->handoff_reason : "handoff");
     if (KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing)
