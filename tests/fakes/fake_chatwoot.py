@@ -42,6 +42,13 @@ import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+
+class Server(ThreadingHTTPServer):
+    """A real server's accept backlog (Python's default of 5 drops connections
+    under a burst, which no production web server does)."""
+    request_queue_size = 1024
+    daemon_threads = True
+
 API = re.compile(r"^/api/v1/accounts/(\d+)/conversations/(\d+)/"
                  r"(messages|toggle_status|toggle_typing_status|assignments|labels)$")
 BOT = {"id": 9, "name": "Kokó", "avatar_url": "", "type": "agent_bot"}
@@ -237,7 +244,7 @@ class FakeChatwoot:
 
     def __init__(self, token="test-token", account=1, port=0, auto=False):
         self.state = State(token, account, auto)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd = Server(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.httpd.state = self.state
         self.port = self.httpd.server_address[1]

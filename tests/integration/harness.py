@@ -178,10 +178,12 @@ class Kokod:
 
     def start(self, *extra_args, timeout=START_TIMEOUT):
         """Start kokod and wait for its listening line; returns self."""
+        # a restart appends to the same log: only this start's lines count
+        begin = len(self.log())
         self.spawn(*extra_args)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = LISTEN_RE.search(self.log())
+            m = LISTEN_RE.search(self.log()[begin:])
             if m:
                 self.host, self.port = m.group(1), int(m.group(2))
                 return self
