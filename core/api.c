@@ -19,7 +19,7 @@
 /* The hot path of load balancers and monitors: one snprintf, no JSON tree. */
 void api_health(kokod *kd, koko_request *r)
 {
-    char body[1024];
+    char body[2048];
     int n = kokod_health(kd, body, sizeof body);
     if (n < 0 || (size_t)n >= sizeof body) {
         server_respond_json(r, 200, kokod_status(kd));

@@ -71,7 +71,18 @@ static const sc_field f_server[] = {
 };
 
 static const sc_field f_state[] = {
-    {.key = "dir", .type = SC_STRING, .flags = SC_NONEMPTY, .doc = "state directory"},
+    {.key = "dir", .type = SC_STRING, .flags = SC_NONEMPTY, .doc = "state directory (embedded store, plugin cache)"},
+    {.key = "redis", .type = SC_STRING, .flags = SC_NONEMPTY | SC_NULLABLE,
+     .doc = "redis://[:password@]host[:port][/db] or unix:/path[?db=N]: keep runtime state in Redis"},
+    {.key = "password_env", .type = SC_STRING, .flags = SC_NONEMPTY,
+     .doc = "environment variable holding the Redis password (default REDIS_PASSWORD)"},
+    {.key = "prefix", .type = SC_STRING, .flags = SC_NONEMPTY, .doc = "prefix of every Redis key (default koko:)"},
+    {.key = "group", .type = SC_STRING, .flags = SC_NONEMPTY,
+     .doc = "consumer group of the Redis queue stream (default kokod)"},
+    {.key = "lease_ms", .type = SC_INT, .flags = SC_RANGE, .min = 500, .max = 3600000,
+     .doc = "how long a claimed queue entry is ours before another consumer may take it"},
+    {.key = "max_attempts", .type = SC_INT, .flags = SC_RANGE, .min = 1, .max = 100,
+     .doc = "deliveries of a queue entry before it becomes a dead letter"},
     {0},
 };
 
@@ -124,7 +135,7 @@ static const sc_field f_tenant_item = {.type = SC_OBJECT, .fields = f_tenant};
 static const sc_field f_top[] = {
     {.key = "base_dir", .type = SC_STRING, .flags = SC_NONEMPTY, .doc = "relative paths resolve against it"},
     {.key = "server", .type = SC_OBJECT, .fields = f_server, .doc = "HTTP server and control socket"},
-    {.key = "state", .type = SC_OBJECT, .fields = f_state, .flags = SC_OPEN, .doc = "runtime state"},
+    {.key = "state", .type = SC_OBJECT, .fields = f_state, .doc = "runtime state"},
     {.key = "plugins", .type = SC_LIST, .item = &f_string_item, .doc = "plugin search path"},
     {.key = "log", .type = SC_OBJECT, .fields = f_log, .doc = "logging"},
     {.key = "tenants", .type = SC_MAP, .flags = SC_REQUIRED | SC_NONEMPTY, .item = &f_tenant_item,
@@ -414,6 +425,16 @@ core_config *config_load(const char *file, const char *const *extra, size_t next
     const json_t *dm = json_object_get(server, "drain_timeout_ms");
     c->drain_ms = dm ? (unsigned)json_integer_value(dm) : CONFIG_DEFAULT_DRAIN_MS;
     c->state_dir = util_path_join(c->base_dir, str_or(json_object_get(root, "state"), "dir", CONFIG_DEFAULT_STATE_DIR));
+    const json_t *state = json_object_get(root, "state");
+    const char *redis = str_or(state, "redis", NULL);
+    c->state_redis = redis && *redis ? xstrdup(redis) : NULL;
+    c->state_password_env = xstrdup(str_or(state, "password_env", "REDIS_PASSWORD"));
+    c->state_prefix = xstrdup(str_or(state, "prefix", "koko:"));
+    c->state_group = xstrdup(str_or(state, "group", "kokod"));
+    const json_t *lm = json_object_get(state, "lease_ms");
+    c->state_lease_ms = lm ? (int)json_integer_value(lm) : CONFIG_DEFAULT_LEASE_MS;
+    const json_t *ma = json_object_get(state, "max_attempts");
+    c->state_max_attempts = ma ? (int)json_integer_value(ma) : CONFIG_DEFAULT_MAX_ATTEMPTS;
     char *cache = util_path_join(c->state_dir, "plugins");
     loader_set_cache_dir(ld, cache);
     free(cache);
@@ -444,7 +465,15 @@ core_config *config_load(const char *file, const char *const *extra, size_t next
     const char *name;
     const json_t *node;
     json_object_foreach((json_t *)tenants, name, node)
+    {
+        if (strcmp(name, "queue") == 0) {
+            char *path = util_asprintf("tenants.%s", name);
+            cfgdoc_error(doc, d, path, "the tenant name \"queue\" is reserved (the store's queue keys use it): "
+                                       "choose another name");
+            free(path);
+        }
         load_tenant(c, ld, d, &c->tenants[i++], name, node);
+    }
 
     if (diag_count(d) > before) {
         config_free(c, ld);
@@ -477,6 +506,10 @@ void config_free(core_config *c, loader *ld)
     free(c->control_path);
     free(c->api_token);
     free(c->state_dir);
+    free(c->state_redis);
+    free(c->state_password_env);
+    free(c->state_prefix);
+    free(c->state_group);
     free(c->log_level);
     cfgdoc_free(c->doc);
     free(c);

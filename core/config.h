@@ -23,6 +23,8 @@
 #define CONFIG_DEFAULT_STATE_DIR "var"
 #define CONFIG_DEFAULT_MAX_BODY (1024 * 1024)
 #define CONFIG_DEFAULT_DRAIN_MS 10000
+#define CONFIG_DEFAULT_LEASE_MS 60000
+#define CONFIG_DEFAULT_MAX_ATTEMPTS 5
 
 typedef struct tenant_cfg {
     char *name;
@@ -52,6 +54,12 @@ typedef struct core_config {
     size_t max_body;
     unsigned drain_ms;
     char *state_dir;     /* resolved against base_dir */
+    char *state_redis;   /* state.redis URL, NULL: the embedded store in state_dir */
+    char *state_password_env;
+    char *state_prefix;
+    char *state_group;
+    int state_lease_ms;     /* queue lease (state.lease_ms) */
+    int state_max_attempts; /* deliveries before a dead letter (state.max_attempts) */
     char **plugin_path;  /* search path: -P/KOKO_PLUGIN_PATH first, then plugins:, then PLUGINDIR */
     size_t n_plugin_path;
     char *log_level;     /* NULL = leave as is */

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "pipeline.h"
 #include "server.h"
+#include "store.h"
 #include "util.h"
 
 static const char *const default_langs[] = {"hu", "en", "de", "fr", "es", "it", "ro", "sk", "pl", "cs", "nl", "pt"};
@@ -114,6 +115,19 @@ kokod *kokod_new(const char *config_path, const char *const *extra, size_t nextr
     if (cfg->log_syslog)
         log_use_syslog("kokod");
     util_mkdir_p(cfg->state_dir, 0700);
+    store_options so = {.dir = cfg->state_dir, .redis_url = cfg->state_redis, .password_env = cfg->state_password_env,
+                        .prefix = cfg->state_prefix, .group = cfg->state_group,
+                        .max_attempts = cfg->state_max_attempts};
+    kd->store = store_open(kd->base, &so, err, sizeof err);
+    if (!kd->store) {
+        diag_add(d, NULL, 0, 0, NULL, "cannot open the state store: %s", err);
+        config_free(cfg, kd->loader);
+        kokod_free(kd);
+        return NULL;
+    }
+    kd->store_desc = cfg->state_redis ? util_asprintf("redis %s", cfg->state_redis)
+                                      : util_asprintf("sqlite %s/koko.db", cfg->state_dir);
+    log_info("core", "state store: %s", kd->store_desc);
     ensure_lang(kd, cfg);
     kd->current = gen_build(kd, kd->next_gen, cfg, NULL, d);
     if (!kd->current) {
@@ -159,6 +173,7 @@ int kokod_listen(kokod *kd, char *err, size_t errlen)
     event_add(kd->sig_hup, NULL);
     event_add(kd->sig_term, NULL);
     event_add(kd->sig_int, NULL);
+    pipeline_start(kd->pipe);
     log_info("core", "kokod %s listening on http://%s:%d (control %s), generation %llu, %zu tenant(s)",
              PACKAGE_VERSION, c->listen_host, server_port(kd->srv), c->control_path,
              (unsigned long long)kd->current->id, kd->current->n_tenants);
@@ -265,6 +280,11 @@ void kokod_free(kokod *kd)
         event_base_loop(kd->base, EVLOOP_ONCE);
     server_free(kd->srv);
     control_free(kd->ctl);
+    pipeline_stop(kd->pipe);
+    /* callbacks of unfinished store calls run now (STORE_E_CLOSED) and free what they hold */
+    store_close(kd->store);
+    kd->store = NULL;
+    free(kd->store_desc);
     pipeline_free(kd->pipe);
     if (kd->http)
         httpc_free(kd->http);
@@ -306,32 +326,65 @@ void kokod_count(kokod *kd, const char *tenant_name, const char *counter, double
     json_object_set_new(t, counter, json_real(json_number_value(v) + delta));
 }
 
+int kokod_store_healthy(const kokod *kd, char *why, size_t whylen)
+{
+    if (!kd->store) {
+        if (why)
+            snprintf(why, whylen, "no store open");
+        return 0;
+    }
+    return store_healthy(kd->store, why, whylen);
+}
+
+static const char *status_word(const kokod *kd, char *why, size_t whylen)
+{
+    int ok = kokod_store_healthy(kd, why, whylen);
+    return kd->stopping ? "stopping" : ok ? "ok" : "degraded";
+}
+
+static json_t *store_json(const kokod *kd)
+{
+    char why[512];
+    int ok = kokod_store_healthy(kd, why, sizeof why);
+    return json_pack("{s:s,s:b,s:s,s:I}", "backend", kd->store ? store_backend(kd->store) : "none", "healthy", ok,
+                     "reason", why, "pending_ops", (json_int_t)(kd->store ? store_pending(kd->store) : 0));
+}
+
 json_t *kokod_status(kokod *kd)
 {
     json_t *plugins = json_array();
     const generation *g = kd->current;
     for (size_t i = 0; g && i < g->cfg->n_libs; i++)
         json_array_append_new(plugins, json_string(g->cfg->libs[i]->name));
-    return json_pack("{s:s,s:s,s:I,s:I,s:o,s:I,s:I,s:{s:I,s:I},s:I}", "status", kd->stopping ? "stopping" : "ok",
+    char why[512];
+    return json_pack("{s:s,s:s,s:I,s:I,s:o,s:I,s:I,s:{s:I,s:I},s:I,s:o}", "status", status_word(kd, why, sizeof why),
                      "version", PACKAGE_VERSION, "generation", (json_int_t)(g ? g->id : 0), "uptime_s",
                      (json_int_t)(util_unix_time() - kd->started_at), "plugins", plugins, "tenants",
                      (json_int_t)(g ? g->n_tenants : 0), "inflight",
                      (json_int_t)((kd->srv ? server_inflight(kd->srv) : 0) + pipeline_inflight(kd->pipe)),
                      "reloads", "ok", (json_int_t)kd->reloads_ok, "failed", (json_int_t)kd->reloads_failed,
-                     "generations_alive", (json_int_t)gen_alive());
+                     "generations_alive", (json_int_t)gen_alive(), "store", store_json(kd));
 }
 
 int kokod_health(kokod *kd, char *buf, size_t size)
 {
     const generation *g = kd->current;
-    return snprintf(buf, size,
+    char why[512];
+    const char *word = status_word(kd, why, sizeof why);
+    json_t *st = store_json(kd);
+    char *stj = json_dumps(st, JSON_COMPACT);
+    json_decref(st);
+    int n = snprintf(buf, size,
                     "{\"status\":\"%s\",\"version\":\"%s\",\"generation\":%llu,\"uptime_s\":%lld,\"plugins\":%s,"
                     "\"tenants\":%zu,\"inflight\":%zu,\"reloads\":{\"ok\":%llu,\"failed\":%llu},"
-                    "\"generations_alive\":%zu}",
-                    kd->stopping ? "stopping" : "ok", PACKAGE_VERSION, (unsigned long long)(g ? g->id : 0),
+                    "\"generations_alive\":%zu,\"store\":%s}",
+                    word, PACKAGE_VERSION, (unsigned long long)(g ? g->id : 0),
                     (long long)(util_unix_time() - kd->started_at), g && g->plugins_json ? g->plugins_json : "[]",
                     g ? g->n_tenants : 0, (kd->srv ? server_inflight(kd->srv) : 0) + pipeline_inflight(kd->pipe),
-                    (unsigned long long)kd->reloads_ok, (unsigned long long)kd->reloads_failed, gen_alive());
+                    (unsigned long long)kd->reloads_ok, (unsigned long long)kd->reloads_failed, gen_alive(),
+                    stj ? stj : "{}");
+    free(stj);
+    return n;
 }
 
 json_t *kokod_plugins(kokod *kd)

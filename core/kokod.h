@@ -23,6 +23,7 @@
 struct server;
 struct control;
 struct pipeline;
+struct store;
 
 typedef struct post_item {
     koko_post_fn fn;
@@ -43,6 +44,8 @@ typedef struct kokod {
     struct server *srv;
     struct control *ctl;
     struct pipeline *pipe;
+    struct store *store;     /* runtime state (state:): opened at start, closed at exit */
+    char *store_desc;        /* "sqlite DIR/koko.db" or "redis URL" for logs */
     int64_t started_at;      /* unix time */
     uint64_t started_ms;     /* monotonic */
     int stopping;
@@ -75,7 +78,11 @@ void kokod_stop(kokod *kd);
 
 /* Counters: kokod_count(kd, "demo", "answered", 1). */
 void kokod_count(kokod *kd, const char *tenant_name, const char *counter, double delta);
-/* Status document used by /health, kokoctl status. Caller decrefs. */
+/* 1 when the store is usable; WHY gets the reason either way (may be NULL). */
+int kokod_store_healthy(const kokod *kd, char *why, size_t whylen);
+/* Status document used by /health, kokoctl status: "status" is "ok",
+ * "degraded" (the store is not healthy: "store.reason" says why) or
+ * "stopping". Caller decrefs. */
 json_t *kokod_status(kokod *kd);
 /* /health's body written into BUF (the same fields as kokod_status's head); snprintf's result. */
 int kokod_health(kokod *kd, char *buf, size_t size);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <event2/event.h>
 
 #include "kokod.h"
@@ -22,6 +23,7 @@
 #include "pipeline.h"
 #include "guard.h"
 #include "router.h"
+#include "store.h"
 #include "text.h"
 #include "util.h"
 
@@ -30,20 +32,28 @@
 #define EXCERPT_HITS 3
 #define STEP_DEADLINE_MS 60000
 #define CONV_CAP 100000
-#define DEDUP_CAP 200000
-#define DEDUP_TTL_S (24 * 3600)
+#define DEDUP_TTL_MS (24LL * 3600 * 1000)
+#define REPLY_TTL_MS (7LL * 24 * 3600 * 1000)
+#define HOLD_CAP 512      /* queue entries held in process at most */
+#define CLAIM_BATCH 128
+#define POLL_MS 100       /* claim this often when the queue looked empty */
 
 /* ---- conversations: small chained hash + LRU list ---- */
 
 typedef enum owner { OWNER_BOT = 0, OWNER_HUMAN, OWNER_RESOLVED } owner;
 static const char *const owner_names[] = {"bot", "human", "resolved"};
 
-/* A channel message accepted and not answered yet: a deep copy. */
+/* A channel message accepted and not answered yet: a deep copy, with the
+ * durable queue entries it stands for (usually one; more when a message was
+ * queued twice, e.g. accepted again after a crash before its dedup key). */
 typedef struct msgcopy {
     koko_msg m;
-    char *strs[9];
+    char *strs[13];
     json_t *meta, *headers;
     koko_attachment *att;
+    char **qids;     /* queue entry ids to ack once this message is answered */
+    size_t n_qids;
+    int attempts;    /* deliveries of the entry, this one included (1 = first) */
     struct msgcopy *next;
 } msgcopy;
 
@@ -66,12 +76,11 @@ typedef struct conv {
     struct conv *lru_prev, *lru_next;
 } conv;
 
-typedef struct dedup {
-    char *key;
-    int64_t at;
-    struct dedup *hnext;
-    struct dedup *next; /* insertion order, oldest first */
-} dedup;
+/* Queue entry ids this process holds (claimed, not acked or failed yet). */
+typedef struct held {
+    char *id;
+    struct held *hnext;
+} held;
 
 #define NBUCKETS 65536
 
@@ -80,10 +89,14 @@ struct pipeline {
     conv *buckets[NBUCKETS];
     conv *lru_head, *lru_tail; /* head = most recent */
     size_t n_convs;
-    dedup *dbuckets[NBUCKETS];
-    dedup *d_oldest, *d_newest;
-    size_t n_dedup;
+    held *hbuckets[NBUCKETS];
+    size_t n_held;
     size_t inflight;
+    /* the queue consumer */
+    struct event *pump_ev;
+    char consumer[160];
+    int claiming; /* a claim is in flight */
+    int closing;  /* pipeline_stop() ran: store callbacks only free */
 };
 
 static size_t bucket_of(const char *key) { return (size_t)(util_fnv1a64(key, strlen(key)) & (NBUCKETS - 1)); }
@@ -124,6 +137,9 @@ static void msgcopy_free(msgcopy *mc)
             free((char *)mc->att[i].content_type);
         }
     free(mc->att);
+    for (size_t i = 0; i < mc->n_qids; i++)
+        free(mc->qids[i]);
+    free(mc->qids);
     free(mc);
 }
 
@@ -197,46 +213,34 @@ static void conv_add_turn(conv *c, const char *role, const char *text, unsigned 
     c->n_turns++;
 }
 
-/* ---- de-duplication of channel messages ---- */
+/* ---- queue entries held by this process ---- */
 
-static void dedup_expire(pipeline *p, int64_t now)
+/* 1 when ID is held already; otherwise records it and returns 0. */
+static int held_add(pipeline *p, const char *id)
 {
-    while (p->d_oldest && (p->n_dedup > DEDUP_CAP || now - p->d_oldest->at > DEDUP_TTL_S)) {
-        dedup *d = p->d_oldest;
-        dedup **pp = &p->dbuckets[bucket_of(d->key)];
-        while (*pp != d)
-            pp = &(*pp)->hnext;
-        *pp = d->hnext;
-        p->d_oldest = d->next;
-        if (!p->d_oldest)
-            p->d_newest = NULL;
-        free(d->key);
-        free(d);
-        p->n_dedup--;
-    }
+    size_t b = bucket_of(id);
+    for (held *h = p->hbuckets[b]; h; h = h->hnext)
+        if (strcmp(h->id, id) == 0)
+            return 1;
+    held *h = xcalloc(1, sizeof *h);
+    h->id = xstrdup(id);
+    h->hnext = p->hbuckets[b];
+    p->hbuckets[b] = h;
+    p->n_held++;
+    return 0;
 }
 
-/* 1 when KEY was seen (and records it when not). */
-static int dedup_seen(pipeline *p, const char *key)
+static void held_del(pipeline *p, const char *id)
 {
-    int64_t now = util_unix_time();
-    dedup_expire(p, now);
-    size_t b = bucket_of(key);
-    for (dedup *d = p->dbuckets[b]; d; d = d->hnext)
-        if (strcmp(d->key, key) == 0)
-            return 1;
-    dedup *d = xcalloc(1, sizeof *d);
-    d->key = xstrdup(key);
-    d->at = now;
-    d->hnext = p->dbuckets[b];
-    p->dbuckets[b] = d;
-    if (p->d_newest)
-        p->d_newest->next = d;
-    else
-        p->d_oldest = d;
-    p->d_newest = d;
-    p->n_dedup++;
-    return 0;
+    for (held **pp = &p->hbuckets[bucket_of(id)]; *pp; pp = &(*pp)->hnext)
+        if (strcmp((*pp)->id, id) == 0) {
+            held *h = *pp;
+            *pp = h->hnext;
+            free(h->id);
+            free(h);
+            p->n_held--;
+            return;
+        }
 }
 
 /* ---- jobs ---- */
@@ -775,13 +779,6 @@ void pipeline_chat(pipeline *p, generation *g, const chat_input *in, chat_fn don
 
 /* ---- channel messages: guard, ownership, coalescing, delivery ---- */
 
-typedef struct submit_ack {
-    koko_submit_fn done;
-    void *arg;
-    koko_submit_status st;
-    char error[256];
-} submit_ack;
-
 static char *dup_or_null(const char *s) { return s ? xstrdup(s) : NULL; }
 
 static msgcopy *msgcopy_new(const koko_msg *m, const char *tenant_name, const char *channel)
@@ -807,6 +804,12 @@ static msgcopy *msgcopy_new(const koko_msg *m, const char *tenant_name, const ch
         mc->m.auto_reply = m->auto_reply;
         mc->m.quiet_ms = m->quiet_ms;
         mc->m.handoff = mc->strs[8] = dup_or_null(m->handoff);
+        mc->m.subject = mc->strs[9] = dup_or_null(m->subject);
+        mc->m.from = mc->strs[10] = dup_or_null(m->from);
+        mc->m.content_type = mc->strs[11] = dup_or_null(m->content_type);
+        mc->m.skip = mc->strs[12] = dup_or_null(m->skip);
+        mc->headers = m->headers ? json_deep_copy(m->headers) : NULL;
+        mc->m.headers = mc->headers;
         mc->m.n_attachments = m->attachments ? m->n_attachments : 0;
         if (mc->m.n_attachments) {
             mc->att = xcalloc(mc->m.n_attachments, sizeof *mc->att);
@@ -817,10 +820,164 @@ static msgcopy *msgcopy_new(const koko_msg *m, const char *tenant_name, const ch
                                                .size = m->attachments[i].size};
             mc->m.attachments = mc->att;
         }
-        /* subject, from, headers, content_type, skip only matter to the guard,
-         * which has run by the time a copy is made */
     }
     return mc;
+}
+
+static void jset_str(json_t *o, const char *k, const char *v)
+{
+    if (v)
+        json_object_set_new(o, k, json_string(v));
+}
+
+/* The queue payload of M: every field the later stages read, as JSON. */
+static char *msg_serialise(const koko_msg *m, const char *tenant_name, const char *channel)
+{
+    json_t *o = json_object();
+    jset_str(o, "tenant", tenant_name);
+    jset_str(o, "channel", channel);
+    jset_str(o, "msg_id", m->msg_id);
+    jset_str(o, "conversation_id", m->conversation_id);
+    jset_str(o, "contact_id", m->contact_id);
+    jset_str(o, "inbox", m->inbox);
+    jset_str(o, "text", m->text);
+    jset_str(o, "language", m->language);
+    json_object_set_new(o, "created_at", json_integer(m->created_at));
+    json_object_set_new(o, "accepted_ms", json_integer((json_int_t)util_unix_time() * 1000));
+    if (m->meta)
+        json_object_set_new(o, "meta", json_deep_copy(m->meta));
+    if (KOKO_HAS_FIELD(m, koko_msg, n_attachments)) {
+        json_object_set_new(o, "kind", json_integer(m->kind));
+        json_object_set_new(o, "sender", json_integer(m->sender));
+        json_object_set_new(o, "is_private", json_boolean(m->is_private));
+        json_object_set_new(o, "auto_reply", json_boolean(m->auto_reply));
+        jset_str(o, "subject", m->subject);
+        jset_str(o, "from", m->from);
+        if (m->headers)
+            json_object_set_new(o, "headers", json_deep_copy(m->headers));
+        jset_str(o, "content_type", m->content_type);
+        jset_str(o, "skip", m->skip);
+        jset_str(o, "handoff", m->handoff);
+        json_object_set_new(o, "quiet_ms", json_integer(m->quiet_ms));
+        json_t *att = json_array();
+        for (size_t i = 0; m->attachments && i < m->n_attachments; i++) {
+            json_t *a = json_object();
+            jset_str(a, "kind", m->attachments[i].kind);
+            jset_str(a, "url", m->attachments[i].url);
+            jset_str(a, "content_type", m->attachments[i].content_type);
+            json_object_set_new(a, "size", json_integer((json_int_t)m->attachments[i].size));
+            json_array_append_new(att, a);
+        }
+        json_object_set_new(o, "attachments", att);
+    }
+    char *out = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return out;
+}
+
+static const char *jstr(const json_t *o, const char *k) { return json_string_value(json_object_get(o, k)); }
+
+/* A queue payload back into a message copy; NULL when it is not one of ours. */
+static msgcopy *msg_parse(const char *payload, size_t len)
+{
+    json_t *o = json_loadb(payload, len, 0, NULL);
+    if (!json_is_object(o) || !jstr(o, "tenant") || !jstr(o, "channel") || !jstr(o, "msg_id") ||
+        !jstr(o, "conversation_id")) {
+        json_decref(o);
+        return NULL;
+    }
+    const json_t *att = json_object_get(o, "attachments");
+    size_t n_att = json_array_size(att);
+    koko_attachment *av = n_att ? xcalloc(n_att, sizeof *av) : NULL;
+    for (size_t i = 0; i < n_att; i++) {
+        const json_t *a = json_array_get(att, i);
+        av[i] = (koko_attachment){.kind = jstr(a, "kind"), .url = jstr(a, "url"),
+                                  .content_type = jstr(a, "content_type"),
+                                  .size = (uint64_t)json_integer_value(json_object_get(a, "size"))};
+    }
+    koko_msg m = {
+        .size = sizeof m,
+        .msg_id = jstr(o, "msg_id"),
+        .conversation_id = jstr(o, "conversation_id"),
+        .contact_id = jstr(o, "contact_id"),
+        .inbox = jstr(o, "inbox"),
+        .text = jstr(o, "text"),
+        .language = jstr(o, "language"),
+        .created_at = (int64_t)json_integer_value(json_object_get(o, "created_at")),
+        .meta = json_object_get(o, "meta"),
+        .kind = (koko_msg_kind)json_integer_value(json_object_get(o, "kind")),
+        .sender = (koko_sender)json_integer_value(json_object_get(o, "sender")),
+        .is_private = json_is_true(json_object_get(o, "is_private")),
+        .auto_reply = json_is_true(json_object_get(o, "auto_reply")),
+        .subject = jstr(o, "subject"),
+        .from = jstr(o, "from"),
+        .headers = json_object_get(o, "headers"),
+        .content_type = jstr(o, "content_type"),
+        .skip = jstr(o, "skip"),
+        .handoff = jstr(o, "handoff"),
+        .quiet_ms = (uint32_t)json_integer_value(json_object_get(o, "quiet_ms")),
+        .attachments = av,
+        .n_attachments = n_att,
+    };
+    msgcopy *mc = msgcopy_new(&m, jstr(o, "tenant"), jstr(o, "channel"));
+    free(av);
+    json_decref(o);
+    return mc;
+}
+
+/* "{T}:{what}:{channel}:{msg_id}" with the outside parts escaped. */
+static char *msg_key(const char *tenant_name, const char *what, const char *channel, const char *msg_id)
+{
+    char *ch = store_key_part(channel), *id = store_key_part(msg_id);
+    char *k = util_asprintf("%s:%s:%s:%s", tenant_name, what, ch, id);
+    free(ch);
+    free(id);
+    return k;
+}
+
+/* ---- queue entries: finished (ack) or failed ---- */
+
+static void pump_kick(pipeline *p);
+
+static void on_entry_done(const store_result *r, void *arg)
+{
+    char *what = arg;
+    if (r->status != STORE_OK && r->status != STORE_E_CLOSED && r->status != STORE_E_NOTFOUND)
+        log_warn("queue", "%s: %s (the entry is processed again after its lease; its reply marker prevents a "
+                 "second answer)", what, r->error ? r->error : "store error");
+    free(what);
+}
+
+/* MC is answered, handed off or filtered: record the delivery (ANSWERED) and ack its entries. */
+static void entry_ack(pipeline *p, msgcopy *mc, int answered)
+{
+    store *st = p->kd->store;
+    if (answered && st) {
+        char *k = msg_key(mc->m.tenant, "reply", mc->m.channel, mc->m.msg_id);
+        store_set(st, k, "1", 1, REPLY_TTL_MS, on_entry_done, util_asprintf("reply marker %s not recorded", k));
+        free(k);
+    }
+    for (size_t i = 0; i < mc->n_qids; i++) {
+        if (st)
+            store_queue_ack(st, mc->qids[i], on_entry_done, util_asprintf("ack of queue entry %s", mc->qids[i]));
+        held_del(p, mc->qids[i]);
+    }
+    mc->n_qids = 0;
+    pump_kick(p);
+}
+
+/* Processing MC failed: its entries are retried, dead letters after state.max_attempts deliveries. */
+static void entry_fail(pipeline *p, msgcopy *mc, const char *reason)
+{
+    store *st = p->kd->store;
+    for (size_t i = 0; i < mc->n_qids; i++) {
+        if (st)
+            store_queue_fail(st, mc->qids[i], reason, on_entry_done,
+                             util_asprintf("fail of queue entry %s", mc->qids[i]));
+        held_del(p, mc->qids[i]);
+    }
+    mc->n_qids = 0;
+    pump_kick(p);
 }
 
 static char *conv_key_of(const char *tenant_name, const char *channel, const char *conv_id)
@@ -856,6 +1013,7 @@ static void conv_drop_pending(conv *c)
         event_del(c->quiet_ev);
     while (c->queue) {
         msgcopy *n = c->queue->next;
+        entry_ack(c->p, c->queue, 0);
         msgcopy_free(c->queue);
         c->queue = n;
     }
@@ -875,6 +1033,10 @@ static void on_delivered(koko_status st, const char *error, void *arg)
     if (c && c->running == j) {
         for (size_t i = 0; i < j->batch && c->queue; i++) {
             msgcopy *n = c->queue->next;
+            if (st == KOKO_OK)
+                entry_ack(j->p, c->queue, 1);
+            else
+                entry_fail(j->p, c->queue, error ? error : "the channel did not deliver the reply");
             msgcopy_free(c->queue);
             c->queue = n;
             c->n_queue--;
@@ -899,9 +1061,19 @@ static void deliver_result(job *j, const chat_answer *a)
     }
     koko_instance *ch = tenant_channel(j->t, j->channel);
     if (!ch || ch->st == INST_DEAD) {
-        log_error("pipeline", "%s: channel %s is gone; reply to conversation %s dropped", j->t->name, j->channel,
-                  j->conv_id);
+        log_error("pipeline", "%s: channel %s is gone; reply to conversation %s not delivered (queued again)",
+                  j->t->name, j->channel, j->conv_id);
+        for (size_t i = 0; i < j->batch && c->queue; i++) {
+            msgcopy *n = c->queue->next;
+            entry_fail(j->p, c->queue, "the channel is no longer configured");
+            msgcopy_free(c->queue);
+            c->queue = n;
+            c->n_queue--;
+        }
+        if (!c->queue)
+            c->queue_tail = NULL;
         c->running = NULL;
+        j->msg = NULL;
         return;
     }
     j->channel_inst = ch;
@@ -921,6 +1093,11 @@ static void deliver_result(job *j, const chat_answer *a)
         .idempotency_key = idem,
         .question = j->text,
     };
+    for (const msgcopy *mc = c->queue; mc; mc = mc->next) {
+        rep.redelivery |= mc->attempts > 1 || mc->n_qids > 1;
+        if (&mc->m == j->msg)
+            break;
+    }
     if (a->handoff)
         set_owner(c, OWNER_HUMAN, a->handoff_reason ? a->handoff_reason : "handoff");
     if (KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing)
@@ -981,10 +1158,11 @@ static void count_drop(kokod *kd, const char *tenant_name, const char *code)
     free(k);
 }
 
-/* The accepted message M of channel CH: guard, ownership, then into the conversation's queue. */
-static void take_message(pipeline *p, tenant *t, koko_instance *ch, const koko_msg *m)
+/* The claimed message MC (taken) of channel CH: guard, ownership, then into the conversation's queue. */
+static void take_message(pipeline *p, tenant *t, koko_instance *ch, msgcopy *mc)
 {
     kokod *kd = p->kd;
+    const koko_msg *m = &mc->m;
     char *key = conv_key_of(t->name, ch->desc->name, m->conversation_id);
     guard_verdict v;
     if (guard_check(m, &v)) {
@@ -997,6 +1175,8 @@ static void take_message(pipeline *p, tenant *t, koko_instance *ch, const koko_m
                  m->conversation_id, v.detail);
         count_drop(kd, t->name, v.code);
         free(key);
+        entry_ack(p, mc, 0);
+        msgcopy_free(mc);
         return;
     }
     conv *c = conv_get(p, key, 1);
@@ -1005,11 +1185,22 @@ static void take_message(pipeline *p, tenant *t, koko_instance *ch, const koko_m
         log_info("guard", "%s/%s: message %s dropped: conversation %s is owned by a human", t->name, ch->desc->name,
                  m->msg_id, m->conversation_id);
         count_drop(kd, t->name, "owned_by_human");
+        entry_ack(p, mc, 0);
+        msgcopy_free(mc);
         return;
     }
+    /* the same message queued twice (accepted again after a crash): one answer acks both */
+    for (msgcopy *q = c->queue; q; q = q->next)
+        if (strcmp(q->m.msg_id, m->msg_id) == 0) {
+            q->qids = realloc(q->qids, (q->n_qids + mc->n_qids) * sizeof *q->qids);
+            memcpy(q->qids + q->n_qids, mc->qids, mc->n_qids * sizeof *mc->qids);
+            q->n_qids += mc->n_qids;
+            mc->n_qids = 0;
+            msgcopy_free(mc);
+            return;
+        }
     if (c->owner == OWNER_RESOLVED)
         set_owner(c, OWNER_BOT, "the customer wrote again");
-    msgcopy *mc = msgcopy_new(m, t->name, ch->desc->name);
     if (c->queue_tail)
         c->queue_tail->next = mc;
     else
@@ -1027,79 +1218,236 @@ static void take_message(pipeline *p, tenant *t, koko_instance *ch, const koko_m
     evtimer_add(c->quiet_ev, &tv);
 }
 
-typedef struct taken {
-    submit_ack ack;
-    pipeline *p;
-    koko_instance *ch;
-    msgcopy *copy;   /* the accepted message, kept until the ack has been sent */
-    const koko_msg *orig_guard; /* the guard-only fields live in this copy */
-    json_t *headers;
-    char *subject, *from, *content_type, *skip;
-} taken;
+/* ---- accept: persist, de-duplicate, then acknowledge the channel ---- */
 
-static void ack_cb(evutil_socket_t fd, short what, void *arg)
+typedef struct acceptance {
+    pipeline *p;
+    koko_submit_fn done;
+    void *arg;
+    char *tenant;
+    char *dedup_key;
+    char *qid;
+    koko_submit_status st;
+    char error[256];
+} acceptance;
+
+static void accept_free(acceptance *a)
+{
+    free(a->tenant);
+    free(a->dedup_key);
+    free(a->qid);
+    free(a);
+}
+
+static void accept_answer(acceptance *a)
+{
+    if (!a->p->closing) {
+        kokod_count(a->p->kd, a->tenant, a->st == KOKO_SUBMIT_ACCEPTED    ? "accepted"
+                                         : a->st == KOKO_SUBMIT_DUPLICATE ? "duplicates"
+                                                                          : "rejected",
+                    1);
+        a->done(a->st, a->st == KOKO_SUBMIT_REJECTED ? a->error : NULL, a->arg);
+        if (a->st == KOKO_SUBMIT_ACCEPTED)
+            pump_kick(a->p);
+    }
+    accept_free(a);
+}
+
+static void answer_later(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    taken *tk = arg;
-    tk->ack.done(tk->ack.st, tk->ack.st == KOKO_SUBMIT_REJECTED ? tk->ack.error : NULL, tk->ack.arg);
-    if (tk->copy) {
-        kokod *kd = tk->p->kd;
-        tenant *t = kd->current ? gen_tenant(kd->current, tk->copy->m.tenant) : NULL;
-        koko_instance *ch = t ? tenant_channel(t, tk->copy->m.channel) : NULL;
-        if (t && ch) {
-            tk->copy->m.subject = tk->subject;
-            tk->copy->m.from = tk->from;
-            tk->copy->m.headers = tk->headers;
-            tk->copy->m.content_type = tk->content_type;
-            tk->copy->m.skip = tk->skip;
-            take_message(tk->p, t, ch, &tk->copy->m);
-        }
-        msgcopy_free(tk->copy);
+    accept_answer(arg);
+}
+
+static void on_duplicate_removed(const store_result *r, void *arg)
+{
+    acceptance *a = arg;
+    if (r->status != STORE_OK && r->status != STORE_E_CLOSED)
+        log_warn("queue", "duplicate entry %s not removed (%s): its reply marker stops a second answer", a->qid,
+                 r->error ? r->error : "store error");
+    accept_answer(a);
+}
+
+static void on_dedup(const store_result *r, void *arg)
+{
+    acceptance *a = arg;
+    if (r->status == STORE_OK && r->integer == 0 && !a->p->closing) {
+        /* seen before: the entry just added is a redelivered webhook's */
+        a->st = KOKO_SUBMIT_DUPLICATE;
+        if (store_queue_ack(a->p->kd->store, a->qid, on_duplicate_removed, a) == 0)
+            return;
     }
-    json_decref(tk->headers);
-    free(tk->subject);
-    free(tk->from);
-    free(tk->content_type);
-    free(tk->skip);
-    free(tk);
+    /* a dedup key that could not be written is no reason to refuse a message
+     * already persisted: a duplicate is caught by the reply marker */
+    accept_answer(a);
+}
+
+static void on_queued(const store_result *r, void *arg)
+{
+    acceptance *a = arg;
+    if (r->status != STORE_OK || a->p->closing) {
+        a->st = KOKO_SUBMIT_REJECTED;
+        snprintf(a->error, sizeof a->error, "the state store did not persist the message: %s",
+                 r->error ? r->error : "closed");
+        accept_answer(a);
+        return;
+    }
+    a->qid = xstrdup(r->value);
+    a->st = KOKO_SUBMIT_ACCEPTED;
+    if (store_set_nx(a->p->kd->store, a->dedup_key, "1", 1, DEDUP_TTL_MS, on_dedup, a) != 0)
+        accept_answer(a);
 }
 
 void pipeline_submit(pipeline *p, koko_instance *channel, const koko_msg *msg, koko_submit_fn done, void *arg)
 {
     kokod *kd = p->kd;
-    taken *tk = xcalloc(1, sizeof *tk);
-    tk->p = p;
-    tk->ch = channel;
-    tk->ack.done = done;
-    tk->ack.arg = arg;
+    acceptance *a = xcalloc(1, sizeof *a);
+    a->p = p;
+    a->done = done;
+    a->arg = arg;
+    a->tenant = xstrdup(channel->tenant);
+    a->st = KOKO_SUBMIT_REJECTED;
     generation *g = kd->current;
     tenant *t = g ? gen_tenant(g, channel->tenant) : NULL;
-    if (kd->stopping || !t) {
-        tk->ack.st = KOKO_SUBMIT_REJECTED;
-        snprintf(tk->ack.error, sizeof tk->ack.error, "%s", kd->stopping ? "kokod is stopping" : "tenant no longer configured");
+    if (kd->stopping || !t || !kd->store) {
+        snprintf(a->error, sizeof a->error, "%s", kd->stopping ? "kokod is stopping" : !t ? "tenant no longer configured"
+                                                                                          : "no state store");
     } else if (!msg || !msg->msg_id || !*msg->msg_id || !msg->conversation_id || !*msg->conversation_id) {
-        tk->ack.st = KOKO_SUBMIT_REJECTED;
-        snprintf(tk->ack.error, sizeof tk->ack.error, "message without msg_id or conversation_id");
+        snprintf(a->error, sizeof a->error, "message without msg_id or conversation_id");
     } else {
-        char *key = util_asprintf("%s\x1f%s\x1f%s", t->name, channel->desc->name, msg->msg_id);
-        tk->ack.st = dedup_seen(p, key) ? KOKO_SUBMIT_DUPLICATE : KOKO_SUBMIT_ACCEPTED;
-        free(key);
+        a->dedup_key = msg_key(t->name, "dedup", channel->desc->name, msg->msg_id);
+        char *payload = msg_serialise(msg, t->name, channel->desc->name);
+        int rc = store_queue_add(kd->store, payload, strlen(payload), on_queued, a);
+        free(payload);
+        if (rc == 0)
+            return;
+        snprintf(a->error, sizeof a->error, "the state store refused the message (closing)");
     }
-    if (tk->ack.st == KOKO_SUBMIT_ACCEPTED) {
-        tk->copy = msgcopy_new(msg, t->name, channel->desc->name);
-        if (KOKO_HAS_FIELD(msg, koko_msg, n_attachments)) {
-            tk->headers = msg->headers ? json_deep_copy(msg->headers) : NULL;
-            tk->subject = dup_or_null(msg->subject);
-            tk->from = dup_or_null(msg->from);
-            tk->content_type = dup_or_null(msg->content_type);
-            tk->skip = dup_or_null(msg->skip);
+    event_base_once(kd->base, -1, EV_TIMEOUT, answer_later, a, &(struct timeval){0, 0});
+}
+
+/* ---- the queue consumer: claim, check the reply marker, take ---- */
+
+typedef struct claimed {
+    pipeline *p;
+    msgcopy *mc;
+} claimed;
+
+static void on_marker(const store_result *r, void *arg)
+{
+    claimed *cl = arg;
+    pipeline *p = cl->p;
+    msgcopy *mc = cl->mc;
+    free(cl);
+    if (p->closing) {
+        msgcopy_free(mc);
+        return;
+    }
+    if (r->status == STORE_OK && r->found) {
+        log_info("queue", "%s/%s: message %s was answered already (entry %s, delivery %d): acked, not answered again",
+                 mc->m.tenant, mc->m.channel, mc->m.msg_id, mc->qids[0], mc->attempts);
+        entry_ack(p, mc, 0);
+        msgcopy_free(mc);
+        return;
+    }
+    if (r->status != STORE_OK) {
+        entry_fail(p, mc, r->error ? r->error : "reply marker unreadable");
+        msgcopy_free(mc);
+        return;
+    }
+    generation *g = p->kd->current;
+    tenant *t = g ? gen_tenant(g, mc->m.tenant) : NULL;
+    koko_instance *ch = t ? tenant_channel(t, mc->m.channel) : NULL;
+    if (!ch || ch->st == INST_DEAD) {
+        log_warn("queue", "entry %s: tenant %s or its channel %s is not configured", mc->qids[0], mc->m.tenant,
+                 mc->m.channel);
+        entry_fail(p, mc, "tenant or channel not configured");
+        msgcopy_free(mc);
+        return;
+    }
+    take_message(p, t, ch, mc);
+}
+
+static void pump_at(pipeline *p, int ms)
+{
+    if (!p->pump_ev || p->closing)
+        return;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(p->pump_ev, &tv);
+}
+
+static void pump_kick(pipeline *p)
+{
+    if (!p->claiming)
+        pump_at(p, 0);
+}
+
+static void on_claimed(const store_result *r, void *arg)
+{
+    pipeline *p = arg;
+    p->claiming = 0;
+    if (p->closing)
+        return;
+    if (r->status != STORE_OK) {
+        static int64_t last;
+        if (util_unix_time() - last >= 10) {
+            last = util_unix_time();
+            log_warn("queue", "claim failed: %s (retrying)", r->error ? r->error : "store error");
         }
-        kokod_count(kd, t->name, "accepted", 1);
-    } else if (t) {
-        kokod_count(kd, t->name, tk->ack.st == KOKO_SUBMIT_DUPLICATE ? "duplicates" : "rejected", 1);
+        pump_at(p, 250);
+        return;
     }
-    event_base_once(kd->base, -1, EV_TIMEOUT, ack_cb, tk, &(struct timeval){0, 0});
+    for (size_t i = 0; i < r->n_items; i++) {
+        const store_item *it = &r->items[i];
+        if (held_add(p, it->name))
+            continue; /* ours already: its lease ran out while we work on it */
+        msgcopy *mc = msg_parse(it->value, it->value_len);
+        if (!mc) {
+            log_error("queue", "entry %s is not a message kokod wrote; failing it (dead letter after %d tries)",
+                      it->name, p->kd->current ? p->kd->current->cfg->state_max_attempts : 0);
+            held_del(p, it->name);
+            store_queue_fail(p->kd->store, it->name, "payload is not a kokod message", on_entry_done,
+                             util_asprintf("fail of queue entry %s", it->name));
+            continue;
+        }
+        mc->qids = xcalloc(1, sizeof *mc->qids);
+        mc->qids[0] = xstrdup(it->name);
+        mc->n_qids = 1;
+        mc->attempts = it->attempts;
+        claimed *cl = xcalloc(1, sizeof *cl);
+        cl->p = p;
+        cl->mc = mc;
+        char *k = msg_key(mc->m.tenant, "reply", mc->m.channel, mc->m.msg_id);
+        if (store_get(p->kd->store, k, on_marker, cl) != 0) {
+            held_del(p, it->name);
+            msgcopy_free(mc);
+            free(cl);
+        }
+        free(k);
+    }
+    pump_at(p, r->n_items > 0 ? 0 : POLL_MS);
+}
+
+static void on_pump(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pipeline *p = arg;
+    kokod *kd = p->kd;
+    if (p->closing || p->claiming || kd->stopping || !kd->store || !kd->current)
+        return;
+    if (p->n_held >= HOLD_CAP) {
+        pump_at(p, POLL_MS);
+        return;
+    }
+    size_t room = HOLD_CAP - p->n_held;
+    int max = room < CLAIM_BATCH ? (int)room : CLAIM_BATCH;
+    p->claiming = 1;
+    if (store_queue_claim(kd->store, p->consumer, kd->current->cfg->state_lease_ms, max, on_claimed, p) != 0) {
+        p->claiming = 0;
+        pump_at(p, 250);
+    }
 }
 
 void pipeline_conversation(pipeline *p, koko_instance *channel, const char *conversation_id, koko_conv_event ev,
@@ -1215,7 +1563,28 @@ pipeline *pipeline_new(kokod *kd)
 {
     pipeline *p = xcalloc(1, sizeof *p);
     p->kd = kd;
+    char host[64] = "kokod";
+    gethostname(host, sizeof host - 1);
+    snprintf(p->consumer, sizeof p->consumer, "%s:%ld:%llu", host, (long)getpid(), (unsigned long long)util_now_ms());
+    p->pump_ev = evtimer_new(kd->base, on_pump, p);
     return p;
+}
+
+void pipeline_start(pipeline *p)
+{
+    log_info("queue", "consumer %s: processing the inbound queue (unfinished entries first)", p->consumer);
+    pump_at(p, 0);
+}
+
+void pipeline_stop(pipeline *p)
+{
+    if (!p)
+        return;
+    p->closing = 1;
+    if (p->pump_ev) {
+        event_free(p->pump_ev);
+        p->pump_ev = NULL;
+    }
 }
 
 size_t pipeline_inflight(const pipeline *p) { return p->inflight; }
@@ -1224,8 +1593,11 @@ void pipeline_free(pipeline *p)
 {
     if (!p)
         return;
+    pipeline_stop(p);
     while (p->lru_head)
         conv_remove(p, p->lru_head);
-    dedup_expire(p, INT64_MAX);
+    for (size_t b = 0; b < NBUCKETS; b++)
+        while (p->hbuckets[b])
+            held_del(p, p->hbuckets[b]->id);
     free(p);
 }

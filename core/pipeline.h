@@ -64,6 +64,13 @@ const char *pipeline_owner(pipeline *p, const char *tenant_name, const char *cha
 void pipeline_tool_call(koko_instance *inst, void *job, const char *name, const json_t *args, koko_tool_fn done,
                         void *arg);
 
+/* Start consuming the durable inbound queue (kokod_listen, once the store is
+ * open): unfinished entries of an earlier run come first. */
+void pipeline_start(pipeline *p);
+/* Stop claiming; from now on store callbacks only free what they hold
+ * (kokod_free calls it before store_close). */
+void pipeline_stop(pipeline *p);
+
 /* Jobs in flight (status, graceful stop). */
 size_t pipeline_inflight(const pipeline *p);
 

@@ -180,6 +180,10 @@ static void print_status(const json_t *d)
     const json_t *r = json_object_get(d, "reloads");
     printf("%-12s %lld ok, %lld refused\n", "reloads", (long long)json_integer_value(json_object_get(r, "ok")),
            (long long)json_integer_value(json_object_get(r, "failed")));
+    const json_t *st = json_object_get(d, "store");
+    if (st)
+        printf("%-12s %s, %s: %s\n", "store", s_or(st, "backend", "?"),
+               json_is_true(json_object_get(st, "healthy")) ? "healthy" : "DEGRADED", s_or(st, "reason", "?"));
 }
 
 static void print_plugins(const json_t *d)

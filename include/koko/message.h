@@ -139,6 +139,10 @@ typedef struct koko_reply {
     const char *idempotency_key; /* stable across retries of this delivery */
     /* ---- ABI 1.1 ---- */
     const char *question;        /* the customer's words answered (coalesced messages joined) */
+    /* ---- ABI 1.2 ---- */
+    int redelivery;              /* an earlier attempt at this reply may have reached the customer (its
+                                  * queue entry is processed again after a crash or a failed delivery):
+                                  * a channel that can look, checks before posting (idempotency_key) */
 } koko_reply;
 
 #ifdef __cplusplus

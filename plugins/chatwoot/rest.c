@@ -62,6 +62,7 @@ struct cw_delivery {
     char conv[32];
     int inside;   /* deliver() has not returned yet */
     int finished; /* done is due */
+    int verify_first; /* a redelivery: look for each post's source_id before posting */
     koko_timer *timer;
     cw_delivery *prev, *next;
 };
@@ -314,8 +315,11 @@ static void on_http(const koko_http_result *r, void *arg)
     call_retry(k, r);
 }
 
-/* Start a call; DONE runs later, exactly once. Takes PATH and BODY. -1 (and
- * DONE never runs) when out of memory. */
+/* Start a call; DONE runs later, exactly once. Takes PATH and BODY. RETRY:
+ * CALL_RETRY retries failures, CALL_VERIFY first looks whether SOURCE_ID was
+ * posted already. -1 (and DONE never runs) when out of memory. */
+#define CALL_RETRY 1
+#define CALL_VERIFY 2
 static int call_start(cw *c, const char *method, char *path, char *body, const char *source_id, int retry, call_fn done,
                       void *arg)
 {
@@ -333,7 +337,8 @@ static int call_start(cw *c, const char *method, char *path, char *body, const c
     k->c = c;
     k->path = path;
     k->body = body;
-    k->retry = retry;
+    k->retry = retry & CALL_RETRY;
+    k->verify = (retry & CALL_VERIFY) && source_id;
     k->done = done;
     k->arg = arg;
     k->next = c->calls;
@@ -439,7 +444,8 @@ static void delivery_next(cw_delivery *d)
     step *s = &d->steps[d->cur];
     char *path = s->path, *body = s->body;
     s->path = s->body = NULL;
-    if (call_start(d->c, "POST", path, body, s->source_id, 1, on_step_done, d) != 0) {
+    if (call_start(d->c, "POST", path, body, s->source_id, CALL_RETRY | (d->verify_first ? CALL_VERIFY : 0),
+                   on_step_done, d) != 0) {
         if (d->st == KOKO_OK) {
             d->st = KOKO_ERR_TEMPORARY;
             snprintf(d->error, sizeof d->error, "%s: out of memory", s->what);
@@ -650,6 +656,7 @@ void cw_deliver(void *state, const koko_reply *r, koko_deliver_fn done, void *ar
     d->done = done;
     d->arg = arg;
     d->inside = 1;
+    d->verify_first = KOKO_HAS_FIELD(r, koko_reply, redelivery) && r->redelivery;
     d->next = c->deliveries;
     if (c->deliveries)
         c->deliveries->prev = d;

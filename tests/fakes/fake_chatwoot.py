@@ -18,8 +18,8 @@ Conversations exist once registered (POST /_conversations, or auto=True).
 Test control (no token): GET /_calls (every API call, oldest first), POST
 /_reset, POST /_conversations {"id","status","labels","inbox_id"}, GET
 /_conversations, POST /_faults {"path_regex","method","status","count",
-"delay_ms","drop_after_create","retry_after"}: the next COUNT matching
-calls wait DELAY_MS, then either answer STATUS without doing anything, or
+"delay_ms","drop_after_create","retry_after","rate"}: the next COUNT matching
+calls (with RATE, only that random fraction of them) wait DELAY_MS, then either answer STATUS without doing anything, or
 (drop_after_create) do the work and close the connection without an answer,
 or (neither) do the work normally.
 
@@ -32,6 +32,7 @@ import argparse
 import hashlib
 import hmac
 import json
+import random
 import re
 import sys
 import threading
@@ -79,6 +80,8 @@ class State:
     def take_fault(self, method, path):
         for f in self.faults:
             if f["count"] > 0 and re.search(f["path_regex"], path) and f.get("method", method) == method:
+                if f.get("rate") is not None and random.random() >= f["rate"]:
+                    continue
                 f["count"] -= 1
                 return dict(f)
         return None

@@ -1,0 +1,238 @@
+"""
+test_durability.py — the durable inbound queue under faults: every message
+kokod accepted (HTTP 200 to the webhook) is answered exactly once.
+
+kokod with the chatwoot channel (quiet_ms 0), the fallback backend and a fake
+Chatwoot; 2,000 customer messages, one conversation each, sent by a pool of
+threads that retry like Chatwoot does (connection refused or 503 → send again;
+a 200 "duplicate" counts as accepted: the first copy was). Scenarios:
+  - kill -9 of kokod at random moments, restarted on the same state dir;
+  - Chatwoot's API failing 20 % of calls (half 500, half "created, then the
+    connection dropped");
+  - Redis restarted mid-run (kokod on a redis-server this test starts);
+  - three replicas on one Redis, one killed mid-run.
+Afterwards the fake Chatwoot's messages are counted per source_id
+("koko:chatwoot:<msg_id>"): exactly one public reply per accepted message,
+none for anything else.
+"""
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+
+sys.dont_write_bytecode = True
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "fakes"))
+from harness import BUILDDIR, FALLBACK_DIR, TEST_PLUGINS, Kokod, KokoTestCase, main  # noqa: E402
+import chatwoot_payloads as P  # noqa: E402
+from fake_chatwoot import FakeChatwoot, send_webhook  # noqa: E402
+
+CHATWOOT_DIR = os.path.dirname(os.environ.get("KOKO_CHATWOOT_SO",
+                                              os.path.join(BUILDDIR, "plugins/chatwoot/.libs/chatwoot.so")))
+SECRET = "dur-secret"
+N = int(os.environ.get("KOKO_DURABILITY_N", "2000"))
+SENDERS = 16
+ANSWER_TIMEOUT = 45.0
+
+
+def tenant(fake):
+    return {"languages": ["hu", "en"], "llm": ["fallback"], "kb": ["kb/_global", "kb/demo"], "memory": "memory/demo",
+            "backends": {"fallback": {"min_score": 1.0, "min_coverage": 0.45}},
+            "handoff": {"min_confidence": 0.0},
+            "channels": {"chatwoot": {"base_url": fake.url, "account_id": 1, "api_token": "test-token",
+                                      "webhook_secret": SECRET, "quiet_ms": 0, "retry_base_ms": 20,
+                                      "max_attempts": 8, "timeout_ms": 15000}}}
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Redis:
+    """A redis-server of our own on a loopback port, with an append-only file."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="koko-redis-")
+        self.port = free_port()
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--dir", self.dir, "--appendonly", "yes", "--appendfsync", "always",
+                                      "--save", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start on port %d" % self.port)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def close(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:%d/0" % self.port
+
+
+class Sender:
+    """Sends messages 0..N-1 from SENDERS threads to whichever URL urls() offers, until each is accepted."""
+
+    def __init__(self, urls):
+        self.urls = urls
+        self.accepted = set()
+        self.lock = threading.Lock()
+        self.next = 0
+        self.errors = 0
+
+    def msg_id(self, i):
+        return 700000 + i
+
+    def run_one(self, i):
+        payload = P.contact_message("Mennyibe kerül a kiszállás? (%d)" % i, conv_id=20000 + i, msg_id=self.msg_id(i))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            urls = self.urls()
+            url = random.choice(urls) if urls else None
+            if url:
+                try:
+                    st, _, _ = send_webhook(url, payload, secret=SECRET, timeout=5)
+                    if st == 200:
+                        with self.lock:
+                            self.accepted.add(self.msg_id(i))
+                        return
+                except (OSError, urllib.error.URLError):
+                    pass
+            with self.lock:
+                self.errors += 1
+            time.sleep(0.05)
+        raise AssertionError("message %d not accepted within 60 s" % i)
+
+    def worker(self):
+        while True:
+            with self.lock:
+                i = self.next
+                self.next += 1
+            if i >= N:
+                return
+            self.run_one(i)
+
+    def run(self):
+        threads = [threading.Thread(target=self.worker, daemon=True) for _ in range(SENDERS)]
+        for t in threads:
+            t.start()
+        return threads
+
+
+class Durability(KokoTestCase):
+    def setUp(self):
+        self.fake = FakeChatwoot(auto=True).start()
+        self.addCleanup(self.fake.stop)
+
+    def daemon(self, redis=None, lease_ms=2000):
+        state = {"lease_ms": lease_ms}
+        k = self.kokod(plugin_dirs=[FALLBACK_DIR, TEST_PLUGINS, CHATWOOT_DIR], tenants={"shop": tenant(self.fake)})
+        state["dir"] = k.state_dir
+        if redis:
+            state["redis"] = redis.url
+        k.write_config(tenants={"shop": tenant(self.fake)}, extra={"state": state, "log": {"level": "info"}})
+        return k
+
+    @staticmethod
+    def url(k):
+        return "http://%s:%d/webhook/shop/chatwoot" % (k.host, k.port)
+
+    def replies(self):
+        """source_id → number of public messages the daemon created in the fake Chatwoot."""
+        count = {}
+        with self.fake.state.lock:
+            for conv in self.fake.state.conversations.values():
+                for m in conv["messages"]:
+                    if not m["private"]:
+                        count[m["source_id"]] = count.get(m["source_id"], 0) + 1
+        return count
+
+    def check_exactly_once(self, sender, daemons):
+        self.assertEqual(len(sender.accepted), N, "every message must be accepted in the end")
+        want = {"koko:chatwoot:%d" % m for m in sender.accepted}
+        deadline = time.monotonic() + ANSWER_TIMEOUT
+        while time.monotonic() < deadline:
+            got = self.replies()
+            if want <= set(got):
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # late duplicates, if any, have time to show
+        got = self.replies()
+        missing = sorted(want - set(got))
+        dup = {k: v for k, v in got.items() if v > 1}
+        extra = sorted(set(got) - want)
+        detail = "; ".join("%s: %s" % (k.dir, k.log()[-3000:]) for k in daemons if missing or dup or extra)
+        self.assertEqual(missing, [], "accepted but never answered (%d): %s\n%s" % (len(missing), missing[:20],
+                                                                                      detail))
+        if dup:
+            first = sorted(dup)[0].rsplit(":", 1)[1]
+            conv = str(int(first) - 700000 + 20000)
+            lines = [ln for k in daemons for ln in k.log().splitlines() if first in ln or conv in ln]
+            self.fail("answered more than once (%d): %s\nlog lines for %s:\n%s"
+                      % (len(dup), sorted(dup)[:10], first, "\n".join(lines[-30:])))
+        self.assertEqual(extra, [], "answers for messages never accepted")
+
+    def wait_senders(self, threads, timeout=90):
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        self.assertFalse(any(t.is_alive() for t in threads), "senders did not finish")
+
+    def test_kill9_embedded(self):
+        k = self.daemon().start()
+        live = {"url": self.url(k)}
+        sender = Sender(lambda: [live["url"]] if live["url"] else [])
+        threads = sender.run()
+        kills = 0
+        while any(t.is_alive() for t in threads) and kills < 6:
+            time.sleep(random.uniform(0.8, 2.0))
+            live["url"] = None
+            k.proc.send_signal(signal.SIGKILL)
+            k.proc.wait()
+            kills += 1
+            k.start()
+            live["url"] = self.url(k)
+        self.wait_senders(threads)
+        self.check_exactly_once(sender, [k])
+        self.assertGreaterEqual(kills, 1)
+        k.stop(expect=0)
+
+    def test_chatwoot_failing_20_percent(self):
+        self.fake.fault(r"^/api/v1/", status=500, count=10 ** 9, rate=0.1)
+        self.fake.fault(r"^/api/v1/.*/messages$", method="POST", drop_after_create=True, count=10 ** 9, rate=0.1)
+        k = self.daemon().start()
+        sender = Sender(lambda: [self.url(k)])
+        self.wait_senders(sender.run())
+        self.check_exactly_once(sender, [k])
+        k.stop(expect=0)
+
+
+if __name__ == "__main__":
+    main()
