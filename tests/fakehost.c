@@ -92,6 +92,22 @@ typedef struct submitted {
 
 
 
+typedef struct tool_answer {
+    fakehost *fh;
+    struct event *ev;
+    koko_tool_fn fn;
+    void *arg;
+    koko_status st;
+    json_t *result;
+    struct tool_answer *prev, *next;
+} tool_answer;
+
+typedef struct tool_record {
+    char *name;
+    json_t *args;
+    void *job;
+} tool_record;
+
 typedef struct env_var {
     char *name, *value;
 } env_var;
@@ -136,6 +152,13 @@ struct fakehost {
 
     fakehost_conv_event *convs;
     size_t n_convs;
+
+    fakehost_tool_fn tool_fn;
+    void *tool_arg;
+    tool_answer *tool_answers;
+    size_t n_tool_answers;
+    tool_record *tools;
+    size_t n_tools;
 
     size_t drained;
     int freeing;
@@ -667,6 +690,91 @@ static void post_drain(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* ---- tool_call (ABI 1.2) ---- */
+
+static void tool_answer_unlink(tool_answer *a)
+{
+    fakehost *fh = a->fh;
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        fh->tool_answers = a->next;
+    if (a->next)
+        a->next->prev = a->prev;
+    fh->n_tool_answers--;
+}
+
+static void tool_answer_fire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tool_answer *a = arg;
+    tool_answer_unlink(a);
+    a->fn(a->st, a->result, a->arg);
+    json_decref(a->result);
+    event_free(a->ev);
+    free(a);
+}
+
+static void fh_tool_call(koko_instance *inst, void *job, const char *name, const json_t *args, koko_tool_fn done,
+                         void *arg)
+{
+    fakehost *fh = host_of(inst, "tool_call");
+    fh->tools = xrealloc(fh->tools, (fh->n_tools + 1) * sizeof *fh->tools);
+    fh->tools[fh->n_tools++] = (tool_record){xstrdup(name ? name : ""), args ? json_deep_copy(args) : NULL, job};
+    if (!done)
+        return;
+    tool_answer *a = xcalloc(1, sizeof *a);
+    a->fh = fh;
+    a->fn = done;
+    a->arg = arg;
+    a->st = KOKO_OK;
+    if (name && strcmp(name, "handoff_to_human") == 0)
+        a->result = json_pack("{s:b,s:s}", "ok", 1, "note", "a human colleague will take over after your answer");
+    else if (fh->tool_fn)
+        a->result = fh->tool_fn(name ? name : "", args, &a->st, fh->tool_arg);
+    else
+        a->result = json_pack("{s:s}", "error", "no such function");
+    if (!a->result)
+        a->result = json_pack("{s:s}", "error", "the tool returned nothing");
+    a->ev = evtimer_new(fh->base, tool_answer_fire, a);
+    if (!a->ev)
+        abort();
+    struct timeval tv = {0, 0};
+    evtimer_add(a->ev, &tv);
+    a->next = fh->tool_answers;
+    if (fh->tool_answers)
+        fh->tool_answers->prev = a;
+    fh->tool_answers = a;
+    fh->n_tool_answers++;
+}
+
+void fakehost_set_tool(fakehost *fh, fakehost_tool_fn fn, void *arg)
+{
+    fh->tool_fn = fn;
+    fh->tool_arg = arg;
+}
+
+size_t fakehost_tool_count(const fakehost *fh)
+{
+    return fh->n_tools;
+}
+
+const char *fakehost_tool_name(const fakehost *fh, size_t i)
+{
+    return i < fh->n_tools ? fh->tools[i].name : NULL;
+}
+
+const json_t *fakehost_tool_args(const fakehost *fh, size_t i)
+{
+    return i < fh->n_tools ? fh->tools[i].args : NULL;
+}
+
+void *fakehost_tool_job(const fakehost *fh, size_t i)
+{
+    return i < fh->n_tools ? fh->tools[i].job : NULL;
+}
+
 /* ---- the vtable ---- */
 
 static const koko_host fake_host = {
@@ -690,6 +798,7 @@ static const koko_host fake_host = {
     .submit = fh_submit,
     .post = fh_post,
     .conversation = fh_conversation,
+    .tool_call = fh_tool_call,
 };
 
 const koko_host *fakehost_host(void)
@@ -739,6 +848,13 @@ void fakehost_free(fakehost *fh)
         answer_unlink(a);
         event_free(a->ev);
         free(a->error);
+        free(a);
+    }
+    while (fh->tool_answers) {
+        tool_answer *a = fh->tool_answers;
+        tool_answer_unlink(a);
+        event_free(a->ev);
+        json_decref(a->result);
         free(a);
     }
     httpc_free(fh->http); /* callbacks run now, but http_done skips the plugin */
@@ -791,6 +907,11 @@ void fakehost_free(fakehost *fh)
         free(fh->convs[i].detail);
     }
     free(fh->convs);
+    for (size_t i = 0; i < fh->n_tools; i++) {
+        free(fh->tools[i].name);
+        json_decref(fh->tools[i].args);
+    }
+    free(fh->tools);
     free(fh->submit_error);
     free(fh->tenant);
     free(fh->plugin);
@@ -846,7 +967,7 @@ size_t fakehost_pending(const fakehost *fh)
     pthread_mutex_lock(lock);
     size_t posts = fh->posts_pending;
     pthread_mutex_unlock(lock);
-    return fh->timers_pending + httpc_pending(fh->http, NULL) + posts + fh->n_answers;
+    return fh->timers_pending + httpc_pending(fh->http, NULL) + posts + fh->n_answers + fh->n_tool_answers;
 }
 
 static void deadline_fire(evutil_socket_t fd, short what, void *arg)

@@ -8,7 +8,8 @@
  * own client), so a plugin's callbacks run later, on the loop, as the ABI
  * promises. Everything the plugin tells the host is recorded for the test to
  * inspect: log lines, routes and the responses it gives them, submitted
- * messages, conversation events, drained() calls. fakediag is a koko_diag
+ * messages, conversation events, tool_call() calls (answered by a test
+ * function, the built-in handoff_to_human by the host itself), drained() calls. fakediag is a koko_diag
  * that records validate() errors.
  *
  * Link: tests/fakehost.c core/httpc.c, libevent, libcurl, jansson, -ldl,
@@ -146,6 +147,23 @@ typedef struct fakehost_conv_event {
 /* host->conversation() calls, oldest first (strings copied). */
 size_t fakehost_conversation_count(const fakehost *fh);
 const fakehost_conv_event *fakehost_conversation_get(const fakehost *fh, size_t i); /* borrowed */
+
+/* ---- tool_call (ABI 1.2 function calling) ---- */
+
+/* The test's tool: return the result for NAME(ARGS) (a new reference; NULL =
+ * {"error": "the tool returned nothing"}) and set *ST. */
+typedef json_t *(*fakehost_tool_fn)(const char *name, const json_t *args, koko_status *st, void *arg);
+/* Answer host->tool_call with FN (NULL: every function but the built-in is
+ * unknown). As in kokod, "handoff_to_human" is answered by the host itself
+ * ({"ok": true, "note": ...}) and an unknown function with {"error": ...};
+ * the answer always comes later, from the loop. */
+void fakehost_set_tool(fakehost *fh, fakehost_tool_fn fn, void *arg);
+/* host->tool_call() calls, oldest first: the function name and a copy of its args. */
+size_t fakehost_tool_count(const fakehost *fh);
+const char *fakehost_tool_name(const fakehost *fh, size_t i);     /* borrowed */
+const json_t *fakehost_tool_args(const fakehost *fh, size_t i);   /* borrowed */
+/* The job pointer the plugin passed with the I-th call. */
+void *fakehost_tool_job(const fakehost *fh, size_t i);
 
 /* ---- validate() diagnostics ---- */
 
