@@ -48,7 +48,7 @@ build() {
   mkdir -p "$dir"
   if [ ! -f "$dir/Makefile" ] || [ "$(cat "$dir/.configured-with" 2>/dev/null)" != "$*" ]; then
     say "configure $dir $*"
-    (cd "$dir" && "$ROOT/configure" --enable-silent-rules "$@" >configure.out) || { cat "$dir/configure.out" >&2; exit 1; }
+    (cd "$dir" && "$ROOT/configure" --enable-silent-rules "$@" >configure.out 2>&1) || { cat "$dir/configure.out" >&2; exit 1; }
     echo "$*" > "$dir/.configured-with"
   fi
   say "make -C $dir"
