@@ -961,6 +961,7 @@ static void entry_ack(pipeline *p, msgcopy *mc, int answered)
         if (st)
             store_queue_ack(st, mc->qids[i], on_entry_done, util_asprintf("ack of queue entry %s", mc->qids[i]));
         held_del(p, mc->qids[i]);
+        free(mc->qids[i]);
     }
     mc->n_qids = 0;
     pump_kick(p);
@@ -975,6 +976,7 @@ static void entry_fail(pipeline *p, msgcopy *mc, const char *reason)
             store_queue_fail(st, mc->qids[i], reason, on_entry_done,
                              util_asprintf("fail of queue entry %s", mc->qids[i]));
         held_del(p, mc->qids[i]);
+        free(mc->qids[i]);
     }
     mc->n_qids = 0;
     pump_kick(p);
