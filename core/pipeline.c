@@ -286,6 +286,7 @@ typedef struct job {
     int superseded;
     const koko_msg *msg; /* the last message of the batch (owned by conv's queue) */
     const char *channel_handoff; /* the channel asked for a human */
+    int handed_off;              /* the answer being delivered hands the conversation to a human */
 } job;
 
 /* One generate() call; its answer counts only while the job is still at
@@ -1029,6 +1030,10 @@ static void on_delivered(koko_status st, const char *error, void *arg)
         log_error(j->channel_inst->prefix, "reply to conversation %s not delivered: %s", j->conv_id,
                   error ? error : "no reason given");
     kokod_count(j->p->kd, j->t->name, st == KOKO_OK ? "delivered" : "delivery_failed", 1);
+    /* a handoff nobody was told about is no handoff: the retried entry must
+     * not find the conversation owned by a human and be dropped unanswered */
+    if (st != KOKO_OK && j->handed_off && c && c->owner == OWNER_HUMAN)
+        set_owner(c, OWNER_BOT, "the handoff was not delivered; it is retried");
     /* the batch is answered (or given up on): take it off the queue */
     if (c && c->running == j) {
         for (size_t i = 0; i < j->batch && c->queue; i++) {
@@ -1098,8 +1103,10 @@ static void deliver_result(job *j, const chat_answer *a)
         if (&mc->m == j->msg)
             break;
     }
-    if (a->handoff)
+    if (a->handoff) {
+        j->handed_off = 1;
         set_owner(c, OWNER_HUMAN, a->handoff_reason ? a->handoff_reason : "handoff");
+    }
     if (KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing)
         ops->typing(ch->state, j->msg, 0);
     j->calls++;
