@@ -257,20 +257,52 @@ static void cmd_queue(kokod *kd, ctl_req *q, const json_t *args)
     }
 }
 
+typedef struct retry_q {
+    ctl_req *q;
+    kokod *kd;
+    char *id;
+    char *payload; /* the dead letter's, when it was among the first QUEUE_DEAD_MAX */
+    size_t len;
+} retry_q;
+
+static void retry_q_free(retry_q *rq)
+{
+    free(rq->id);
+    free(rq->payload);
+    free(rq);
+}
+
 static void queue_retry_done(const store_result *r, void *arg)
 {
-    ctl_req *q = arg;
+    retry_q *rq = arg;
     if (r->status == STORE_E_NOTFOUND) {
-        control_fail(q, "no such dead letter (see kokoctl queue for their ids)", NULL);
-        return;
-    }
-    if (r->status != STORE_OK) {
+        control_fail(rq->q, "no such dead letter (see kokoctl queue for their ids)", NULL);
+    } else if (r->status != STORE_OK) {
         char msg[600];
         snprintf(msg, sizeof msg, "dead letter not put back: %s", r->error ? r->error : "store closed");
-        control_fail(q, msg, NULL);
-        return;
+        control_fail(rq->q, msg, NULL);
+    } else {
+        if (rq->payload && r->value)
+            pipeline_requeued(rq->kd->pipe, rq->payload, rq->len, r->value);
+        control_ok(rq->q, json_pack("{s:s}", "queued", r->value ? r->value : ""));
     }
-    control_ok(q, json_pack("{s:s}", "queued", r->value ? r->value : ""));
+    retry_q_free(rq);
+}
+
+/* The dead letter's payload first: the retried entry must own its message's dedup key. */
+static void queue_retry_found(const store_result *r, void *arg)
+{
+    retry_q *rq = arg;
+    for (size_t i = 0; r->status == STORE_OK && i < r->n_items; i++)
+        if (r->items[i].name && strcmp(r->items[i].name, rq->id) == 0 && r->items[i].value) {
+            rq->payload = xcalloc(1, r->items[i].value_len + 1);
+            memcpy(rq->payload, r->items[i].value, r->items[i].value_len);
+            rq->len = r->items[i].value_len;
+        }
+    if (!rq->kd->store || store_queue_retry(rq->kd->store, rq->id, queue_retry_done, rq) != 0) {
+        control_fail(rq->q, "the state store is closing", NULL);
+        retry_q_free(rq);
+    }
 }
 
 static void cmd_queue_retry(kokod *kd, ctl_req *q, const json_t *args)
@@ -284,8 +316,14 @@ static void cmd_queue_retry(kokod *kd, ctl_req *q, const json_t *args)
         control_fail(q, "no state store is open", NULL);
         return;
     }
-    if (store_queue_retry(kd->store, id, queue_retry_done, q) != 0)
+    retry_q *rq = xcalloc(1, sizeof *rq);
+    rq->q = q;
+    rq->kd = kd;
+    rq->id = xstrdup(id);
+    if (store_queue_dead(kd->store, QUEUE_DEAD_MAX, queue_retry_found, rq) != 0) {
         control_fail(q, "the state store is closing", NULL);
+        retry_q_free(rq);
+    }
 }
 
 static const struct {

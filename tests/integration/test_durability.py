@@ -190,6 +190,12 @@ class Durability(KokoTestCase):
         dup = {k: v for k, v in got.items() if v > 1}
         extra = sorted(set(got) - want)
         detail = "; ".join("%s: %s" % (k.dir, k.log()[-3000:]) for k in daemons if missing or dup or extra)
+        if missing:
+            first = missing[0].rsplit(":", 1)[1]
+            conv = str(int(first) - 700000 + 20000)
+            detail += "\nlog lines for %s:\n%s" % (first, "\n".join(
+                "%s: %s" % (n, ln) for n, k in enumerate(daemons) for ln in k.log().splitlines()
+                if first in ln or conv in ln))
         self.assertEqual(missing, [], "accepted but never answered (%d): %s\n%s" % (len(missing), missing[:20],
                                                                                       detail))
         if dup:
@@ -304,6 +310,53 @@ class Durability(KokoTestCase):
 
     def test_queue_dead_letters_and_retry_embedded(self):
         self.queue_retry_scenario()
+
+    def redis(self):
+        r = Redis().start()
+        self.addCleanup(r.close)
+        return r
+
+    def test_queue_dead_letters_and_retry_redis(self):
+        self.queue_retry_scenario(redis=self.redis())
+
+    def test_redis_restarted_mid_run(self):
+        """(b) redis-server stopped (its append-only file fsync'ed always) and started again on the
+        same port while 2,000 messages come in: what was accepted is answered exactly once."""
+        r = self.redis()
+        k = self.daemon(redis=r).start()
+        sender = Sender(lambda: [self.url(k)])
+        threads = sender.run()
+        restarts = 0
+        while any(t.is_alive() for t in threads) and restarts < 2:
+            time.sleep(random.uniform(1.0, 2.0))
+            r.stop()
+            time.sleep(random.uniform(0.3, 1.0))
+            r.start()
+            restarts += 1
+        self.wait_senders(threads)
+        self.check_exactly_once(sender, [k])
+        self.assertGreaterEqual(restarts, 1)
+        k.stop(expect=0)
+
+    def test_three_replicas_one_killed(self):
+        """(c) three kokod replicas on one Redis, webhooks spread over them; one is killed with
+        kill -9 mid-run and not restarted: the entries it had leased are reclaimed by the other
+        two once the lease (1 s here) has run out."""
+        r = self.redis()
+        ks = [self.daemon(redis=r, lease_ms=1000).start() for _ in range(3)]
+        live = [self.url(k) for k in ks]
+        sender = Sender(lambda: list(live))
+        threads = sender.run()
+        while any(t.is_alive() for t in threads) and len(sender.accepted) < N // 3:
+            time.sleep(0.05)
+        victim = ks[0]
+        live.remove(self.url(victim))
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        self.wait_senders(threads)
+        self.check_exactly_once(sender, ks)
+        for k in ks[1:]:
+            k.stop(expect=0)
 
 
 if __name__ == "__main__":
