@@ -14,6 +14,7 @@
 #include "pipeline.h"
 #include "router.h"
 #include "server.h"
+#include "store.h"
 #include "util.h"
 
 typedef void (*cmd_fn)(struct kokod *kd, ctl_req *q, const json_t *args);
@@ -174,6 +175,157 @@ static void cmd_cache_refresh(kokod *kd, ctl_req *q, const json_t *args)
         api_cache_refresh(kd, t, refresh_done, q);
 }
 
+/* ---- the durable queue: pending count, dead letters, retry ---- */
+
+#define QUEUE_DEAD_MAX 1000
+
+typedef struct queue_q {
+    ctl_req *q;
+    kokod *kd;
+    int max;
+    int64_t pending;
+} queue_q;
+
+/* A dead letter's payload is a message kokod wrote: show who it was for. */
+static json_t *dead_json(const store_item *it)
+{
+    json_t *d = json_pack("{s:s,s:s,s:i}", "id", it->name ? it->name : "", "reason", it->reason ? it->reason : "",
+                          "attempts", it->attempts);
+    json_t *pl = it->value ? json_loadb(it->value, it->value_len, 0, NULL) : NULL;
+    static const char *const fields[] = {"tenant", "channel", "conversation_id", "msg_id", "text"};
+    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
+        const char *v = json_string_value(json_object_get(pl, fields[i]));
+        if (v)
+            json_object_set_new(d, fields[i], json_string(v));
+    }
+    json_decref(pl);
+    return d;
+}
+
+static void queue_dead_done(const store_result *r, void *arg)
+{
+    queue_q *qq = arg;
+    if (r->status != STORE_OK) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "cannot list the dead letters: %s", r->error ? r->error : "store closed");
+        control_fail(qq->q, msg, NULL);
+        free(qq);
+        return;
+    }
+    json_t *dead = json_array();
+    for (size_t i = 0; i < r->n_items; i++)
+        json_array_append_new(dead, dead_json(&r->items[i]));
+    char why[512];
+    int healthy = kokod_store_healthy(qq->kd, why, sizeof why);
+    control_ok(qq->q, json_pack("{s:s,s:b,s:I,s:I,s:o}", "backend", store_backend(qq->kd->store), "healthy", healthy,
+                                "pending", (json_int_t)qq->pending, "dead_total", (json_int_t)r->integer, "dead",
+                                dead));
+    free(qq);
+}
+
+static void queue_pending_done(const store_result *r, void *arg)
+{
+    queue_q *qq = arg;
+    if (r->status != STORE_OK) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "cannot count the queue: %s", r->error ? r->error : "store closed");
+        control_fail(qq->q, msg, NULL);
+        free(qq);
+        return;
+    }
+    qq->pending = r->integer;
+    if (!qq->kd->store || store_queue_dead(qq->kd->store, qq->max, queue_dead_done, qq) != 0) {
+        control_fail(qq->q, "the state store is closing", NULL);
+        free(qq);
+    }
+}
+
+static void cmd_queue(kokod *kd, ctl_req *q, const json_t *args)
+{
+    if (!kd->store) {
+        control_fail(q, "no state store is open", NULL);
+        return;
+    }
+    json_int_t max = json_integer_value(json_object_get(args, "max"));
+    queue_q *qq = xcalloc(1, sizeof *qq);
+    qq->q = q;
+    qq->kd = kd;
+    qq->max = max > 0 && max < QUEUE_DEAD_MAX ? (int)max : QUEUE_DEAD_MAX;
+    if (store_queue_pending(kd->store, queue_pending_done, qq) != 0) {
+        control_fail(q, "the state store is closing", NULL);
+        free(qq);
+    }
+}
+
+typedef struct retry_q {
+    ctl_req *q;
+    kokod *kd;
+    char *id;
+    char *payload; /* the dead letter's, when it was among the first QUEUE_DEAD_MAX */
+    size_t len;
+} retry_q;
+
+static void retry_q_free(retry_q *rq)
+{
+    free(rq->id);
+    free(rq->payload);
+    free(rq);
+}
+
+static void queue_retry_done(const store_result *r, void *arg)
+{
+    retry_q *rq = arg;
+    if (r->status == STORE_E_NOTFOUND) {
+        control_fail(rq->q, "no such dead letter (see kokoctl queue for their ids)", NULL);
+    } else if (r->status != STORE_OK) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "dead letter not put back: %s", r->error ? r->error : "store closed");
+        control_fail(rq->q, msg, NULL);
+    } else {
+        if (rq->payload && r->value)
+            pipeline_requeued(rq->kd->pipe, rq->payload, rq->len, r->value);
+        control_ok(rq->q, json_pack("{s:s}", "queued", r->value ? r->value : ""));
+    }
+    retry_q_free(rq);
+}
+
+/* The dead letter's payload first: the retried entry must own its message's dedup key. */
+static void queue_retry_found(const store_result *r, void *arg)
+{
+    retry_q *rq = arg;
+    for (size_t i = 0; r->status == STORE_OK && i < r->n_items; i++)
+        if (r->items[i].name && strcmp(r->items[i].name, rq->id) == 0 && r->items[i].value) {
+            rq->payload = xcalloc(1, r->items[i].value_len + 1);
+            memcpy(rq->payload, r->items[i].value, r->items[i].value_len);
+            rq->len = r->items[i].value_len;
+        }
+    if (!rq->kd->store || store_queue_retry(rq->kd->store, rq->id, queue_retry_done, rq) != 0) {
+        control_fail(rq->q, "the state store is closing", NULL);
+        retry_q_free(rq);
+    }
+}
+
+static void cmd_queue_retry(kokod *kd, ctl_req *q, const json_t *args)
+{
+    const char *id = json_string_value(json_object_get(args, "id"));
+    if (!id || !*id) {
+        control_fail(q, "missing dead-letter id (see kokoctl queue)", NULL);
+        return;
+    }
+    if (!kd->store) {
+        control_fail(q, "no state store is open", NULL);
+        return;
+    }
+    retry_q *rq = xcalloc(1, sizeof *rq);
+    rq->q = q;
+    rq->kd = kd;
+    rq->id = xstrdup(id);
+    if (store_queue_dead(kd->store, QUEUE_DEAD_MAX, queue_retry_found, rq) != 0) {
+        control_fail(q, "the state store is closing", NULL);
+        retry_q_free(rq);
+    }
+}
+
 static const struct {
     const char *name;
     cmd_fn fn;
@@ -181,6 +333,7 @@ static const struct {
     {"cache", cmd_cache}, {"cache_refresh", cmd_cache_refresh},
     {"status", cmd_status}, {"reload", cmd_reload}, {"plugins", cmd_plugins}, {"tenants", cmd_tenants},
     {"routes", cmd_routes}, {"route", cmd_route},   {"chat", cmd_chat},       {"stats", cmd_stats},
+    {"queue", cmd_queue},   {"queue_retry", cmd_queue_retry},
 };
 
 void ctlcmd_dispatch(kokod *kd, ctl_req *q, const char *name, const json_t *args)
@@ -195,7 +348,7 @@ void ctlcmd_dispatch(kokod *kd, ctl_req *q, const char *name, const json_t *args
             return;
         }
     char msg[256];
-    snprintf(msg, sizeof msg, "unknown command \"%s\" (known: status, reload, plugins, tenants, routes, route, chat, stats, cache, cache_refresh)",
+    snprintf(msg, sizeof msg, "unknown command \"%s\" (known: status, reload, plugins, tenants, routes, route, chat, stats, cache, cache_refresh, queue, queue_retry)",
              name);
     control_fail(q, msg, NULL);
 }

@@ -1,6 +1,7 @@
 /*
  * ctlcmd.h — the commands of the control socket (status, reload, plugins,
- * tenants, routes, route, chat, stats), one table, one function each.
+ * tenants, routes, route, chat, stats, cache, queue, queue_retry), one table,
+ * one function each.
  */
 #ifndef CORE_CTLCMD_H
 #define CORE_CTLCMD_H

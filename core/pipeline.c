@@ -80,6 +80,7 @@ typedef struct conv {
 typedef struct held {
     char *id;
     struct held *hnext;
+    struct held *all_prev, *all_next; /* every held entry, for lease renewal */
 } held;
 
 #define NBUCKETS 65536
@@ -90,7 +91,9 @@ struct pipeline {
     conv *lru_head, *lru_tail; /* head = most recent */
     size_t n_convs;
     held *hbuckets[NBUCKETS];
+    held *all_held;
     size_t n_held;
+    struct event *renew_ev; /* extends the leases of held entries every lease/3 */
     size_t inflight;
     /* the queue consumer */
     struct event *pump_ev;
@@ -226,6 +229,10 @@ static int held_add(pipeline *p, const char *id)
     h->id = xstrdup(id);
     h->hnext = p->hbuckets[b];
     p->hbuckets[b] = h;
+    h->all_next = p->all_held;
+    if (p->all_held)
+        p->all_held->all_prev = h;
+    p->all_held = h;
     p->n_held++;
     return 0;
 }
@@ -236,6 +243,12 @@ static void held_del(pipeline *p, const char *id)
         if (strcmp((*pp)->id, id) == 0) {
             held *h = *pp;
             *pp = h->hnext;
+            if (h->all_prev)
+                h->all_prev->all_next = h->all_next;
+            else
+                p->all_held = h->all_next;
+            if (h->all_next)
+                h->all_next->all_prev = h->all_prev;
             free(h->id);
             free(h);
             p->n_held--;
@@ -286,6 +299,7 @@ typedef struct job {
     int superseded;
     const koko_msg *msg; /* the last message of the batch (owned by conv's queue) */
     const char *channel_handoff; /* the channel asked for a human */
+    int handed_off;              /* the answer being delivered hands the conversation to a human */
 } job;
 
 /* One generate() call; its answer counts only while the job is still at
@@ -1031,6 +1045,10 @@ static void on_delivered(koko_status st, const char *error, void *arg)
         log_error(j->channel_inst->prefix, "reply to conversation %s not delivered: %s", j->conv_id,
                   error ? error : "no reason given");
     kokod_count(j->p->kd, j->t->name, st == KOKO_OK ? "delivered" : "delivery_failed", 1);
+    /* a handoff nobody was told about is no handoff: the retried entry must
+     * not find the conversation owned by a human and be dropped unanswered */
+    if (st != KOKO_OK && j->handed_off && c && c->owner == OWNER_HUMAN)
+        set_owner(c, OWNER_BOT, "the handoff was not delivered; it is retried");
     /* the batch is answered (or given up on): take it off the queue */
     if (c && c->running == j) {
         for (size_t i = 0; i < j->batch && c->queue; i++) {
@@ -1100,8 +1118,10 @@ static void deliver_result(job *j, const chat_answer *a)
         if (&mc->m == j->msg)
             break;
     }
-    if (a->handoff)
+    if (a->handoff) {
+        j->handed_off = 1;
         set_owner(c, OWNER_HUMAN, a->handoff_reason ? a->handoff_reason : "handoff");
+    }
     if (KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing)
         ops->typing(ch->state, j->msg, 0);
     j->calls++;
@@ -1271,13 +1291,27 @@ static void on_duplicate_removed(const store_result *r, void *arg)
     accept_answer(a);
 }
 
+static void on_dedup_owner(const store_result *r, void *arg)
+{
+    acceptance *a = arg;
+    /* the consumer may have claimed the entry and taken the key for it first */
+    int mine = r->status == STORE_OK && r->found && r->value_len == strlen(a->qid) &&
+               memcmp(r->value, a->qid, r->value_len) == 0;
+    if (r->status == STORE_OK && !mine && !a->p->closing) {
+        /* seen before: the entry just added is a redelivered webhook's */
+        a->st = KOKO_SUBMIT_DUPLICATE;
+        if (store_queue_ack(a->p->kd->store, a->qid, on_duplicate_removed, a) == 0)
+            return;
+    }
+    accept_answer(a);
+}
+
 static void on_dedup(const store_result *r, void *arg)
 {
     acceptance *a = arg;
     if (r->status == STORE_OK && r->integer == 0 && !a->p->closing) {
-        /* seen before: the entry just added is a redelivered webhook's */
-        a->st = KOKO_SUBMIT_DUPLICATE;
-        if (store_queue_ack(a->p->kd->store, a->qid, on_duplicate_removed, a) == 0)
+        /* taken: by an earlier copy of this message, or by our own entry's consumer */
+        if (store_get(a->p->kd->store, a->dedup_key, on_dedup_owner, a) == 0)
             return;
     }
     /* a dedup key that could not be written is no reason to refuse a message
@@ -1297,7 +1331,7 @@ static void on_queued(const store_result *r, void *arg)
     }
     a->qid = xstrdup(r->value);
     a->st = KOKO_SUBMIT_ACCEPTED;
-    if (store_set_nx(a->p->kd->store, a->dedup_key, "1", 1, DEDUP_TTL_MS, on_dedup, a) != 0)
+    if (store_set_nx(a->p->kd->store, a->dedup_key, a->qid, strlen(a->qid), DEDUP_TTL_MS, on_dedup, a) != 0)
         accept_answer(a);
 }
 
@@ -1334,7 +1368,92 @@ void pipeline_submit(pipeline *p, koko_instance *channel, const koko_msg *msg, k
 typedef struct claimed {
     pipeline *p;
     msgcopy *mc;
+    int step; /* 0: read the dedup key; 1: it was missing, take it; 2: taken meanwhile, read it again */
 } claimed;
+
+static void check_marker(claimed *cl);
+static void on_marker(const store_result *r, void *arg);
+static void on_owner(const store_result *r, void *arg);
+
+/* Which queue entry answers a message: the one whose id is in its dedup key.
+ * A message can be queued twice (a replica died between persisting it and
+ * writing its dedup key; the channel's retry was queued by another replica):
+ * the copy that does not own the key is acked unanswered, so two replicas
+ * never answer the same message at the same time. */
+static void check_owner(claimed *cl)
+{
+    msgcopy *mc = cl->mc;
+    char *k = msg_key(mc->m.tenant, "dedup", mc->m.channel, mc->m.msg_id);
+    int rc = cl->step == 1 ? store_set_nx(cl->p->kd->store, k, mc->qids[0], strlen(mc->qids[0]), DEDUP_TTL_MS,
+                                          on_owner, cl)
+                           : store_get(cl->p->kd->store, k, on_owner, cl);
+    free(k);
+    if (rc != 0) {
+        held_del(cl->p, mc->qids[0]);
+        msgcopy_free(mc);
+        free(cl);
+    }
+}
+
+static void on_owner(const store_result *r, void *arg)
+{
+    claimed *cl = arg;
+    pipeline *p = cl->p;
+    msgcopy *mc = cl->mc;
+    if (p->closing) {
+        msgcopy_free(mc);
+        free(cl);
+        return;
+    }
+    if (r->status != STORE_OK) {
+        entry_fail(p, mc, r->error ? r->error : "dedup key unreadable");
+        msgcopy_free(mc);
+        free(cl);
+        return;
+    }
+    int own;
+    if (cl->step == 1) {
+        if (r->integer == 0) { /* someone took it between our read and our write: whose is it? */
+            cl->step = 2;
+            check_owner(cl);
+            return;
+        }
+        own = 1;
+    } else if (!r->found) {
+        if (cl->step == 2) {
+            own = 1; /* gone again (expired): nobody else answers it */
+        } else {
+            cl->step = 1;
+            check_owner(cl);
+            return;
+        }
+    } else {
+        /* "1": written by a kokod before entry ids were recorded there */
+        own = (r->value_len == 1 && r->value[0] == '1') ||
+              (r->value_len == strlen(mc->qids[0]) && memcmp(r->value, mc->qids[0], r->value_len) == 0);
+    }
+    if (!own) {
+        log_info("queue", "%s/%s: message %s is queued twice; entry %s is the second copy: acked, answered once by "
+                 "the other", mc->m.tenant, mc->m.channel, mc->m.msg_id, mc->qids[0]);
+        entry_ack(p, mc, 0);
+        msgcopy_free(mc);
+        free(cl);
+        return;
+    }
+    check_marker(cl);
+}
+
+static void check_marker(claimed *cl)
+{
+    msgcopy *mc = cl->mc;
+    char *k = msg_key(mc->m.tenant, "reply", mc->m.channel, mc->m.msg_id);
+    if (store_get(cl->p->kd->store, k, on_marker, cl) != 0) {
+        held_del(cl->p, mc->qids[0]);
+        msgcopy_free(mc);
+        free(cl);
+    }
+    free(k);
+}
 
 static void on_marker(const store_result *r, void *arg)
 {
@@ -1420,13 +1539,7 @@ static void on_claimed(const store_result *r, void *arg)
         claimed *cl = xcalloc(1, sizeof *cl);
         cl->p = p;
         cl->mc = mc;
-        char *k = msg_key(mc->m.tenant, "reply", mc->m.channel, mc->m.msg_id);
-        if (store_get(p->kd->store, k, on_marker, cl) != 0) {
-            held_del(p, it->name);
-            msgcopy_free(mc);
-            free(cl);
-        }
-        free(k);
+        check_owner(cl);
     }
     pump_at(p, r->n_items > 0 ? 0 : POLL_MS);
 }
@@ -1450,6 +1563,56 @@ static void on_pump(evutil_socket_t fd, short what, void *arg)
         p->claiming = 0;
         pump_at(p, 250);
     }
+}
+
+void pipeline_requeued(pipeline *p, const char *payload, size_t len, const char *qid)
+{
+    msgcopy *mc = p->kd->store ? msg_parse(payload, len) : NULL;
+    if (!mc)
+        return;
+    char *k = msg_key(mc->m.tenant, "dedup", mc->m.channel, mc->m.msg_id);
+    store_set(p->kd->store, k, qid, strlen(qid), DEDUP_TTL_MS, on_entry_done,
+              util_asprintf("dedup key %s of retried entry %s not recorded", k, qid));
+    free(k);
+    msgcopy_free(mc);
+}
+
+/* ---- lease renewal: a slow answer must not hand its message to a second consumer ---- */
+
+static void on_extended(const store_result *r, void *arg)
+{
+    char *id = arg;
+    if (r->status == STORE_OK && r->integer == 0)
+        log_warn("queue", "entry %s: its lease ran out before it was renewed and another consumer took it (the "
+                 "reply marker and the channel's redelivery check keep it from being answered twice)", id);
+    free(id);
+}
+
+static void renew_at(pipeline *p)
+{
+    kokod *kd = p->kd;
+    if (!p->renew_ev || p->closing || !kd->current)
+        return;
+    int ms = kd->current->cfg->state_lease_ms / 3;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(p->renew_ev, &tv);
+}
+
+static void on_renew(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pipeline *p = arg;
+    kokod *kd = p->kd;
+    if (p->closing || !kd->store || !kd->current)
+        return;
+    int64_t lease = kd->current->cfg->state_lease_ms;
+    for (held *h = p->all_held; h; h = h->all_next) {
+        char *id = xstrdup(h->id);
+        if (store_queue_extend(kd->store, h->id, p->consumer, lease, on_extended, id) != 0)
+            free(id);
+    }
+    renew_at(p);
 }
 
 void pipeline_conversation(pipeline *p, koko_instance *channel, const char *conversation_id, koko_conv_event ev,
@@ -1569,6 +1732,7 @@ pipeline *pipeline_new(kokod *kd)
     gethostname(host, sizeof host - 1);
     snprintf(p->consumer, sizeof p->consumer, "%s:%ld:%llu", host, (long)getpid(), (unsigned long long)util_now_ms());
     p->pump_ev = evtimer_new(kd->base, on_pump, p);
+    p->renew_ev = evtimer_new(kd->base, on_renew, p);
     return p;
 }
 
@@ -1576,6 +1740,7 @@ void pipeline_start(pipeline *p)
 {
     log_info("queue", "consumer %s: processing the inbound queue (unfinished entries first)", p->consumer);
     pump_at(p, 0);
+    renew_at(p);
 }
 
 void pipeline_stop(pipeline *p)
@@ -1586,6 +1751,10 @@ void pipeline_stop(pipeline *p)
     if (p->pump_ev) {
         event_free(p->pump_ev);
         p->pump_ev = NULL;
+    }
+    if (p->renew_ev) {
+        event_free(p->renew_ev);
+        p->renew_ev = NULL;
     }
 }
 

@@ -58,6 +58,11 @@ void pipeline_submit(pipeline *p, koko_instance *channel, const koko_msg *msg, k
 void pipeline_conversation(pipeline *p, koko_instance *channel, const char *conversation_id, koko_conv_event ev,
                            const char *detail);
 /* "bot", "human" or "resolved" (tests, kokoctl). */
+/* A dead letter (PAYLOAD, LEN bytes, borrowed) was put back into the queue as
+ * entry QID: make that entry the one that answers its message (the dedup key
+ * names the entry that owns a message; Redis gives a retried entry a new id). */
+void pipeline_requeued(pipeline *p, const char *payload, size_t len, const char *qid);
+
 const char *pipeline_owner(pipeline *p, const char *tenant_name, const char *channel, const char *conversation_id);
 
 /* koko_host.tool_call. */

@@ -519,6 +519,16 @@ int store_queue_ack(store *s, const char *id, store_cb cb, void *arg)
     return r ? submit(r) : -1;
 }
 
+int store_queue_extend(store *s, const char *id, const char *consumer, int64_t lease_ms, store_cb cb, void *arg)
+{
+    NEED(id && consumer && *consumer && lease_ms > 0);
+    store_req *r = mk(s, SOP_QEXTEND, id, consumer, NULL, 0, cb, arg);
+    if (!r)
+        return -1;
+    r->a = lease_ms;
+    return submit(r);
+}
+
 int store_queue_fail(store *s, const char *id, const char *reason, store_cb cb, void *arg)
 {
     NEED(id);

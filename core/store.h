@@ -211,6 +211,16 @@ int store_queue_add(store *s, const void *payload, size_t len, store_cb cb, void
  * message that crashes the daemon cannot crash it forever.
  */
 int store_queue_claim(store *s, const char *consumer, int64_t lease_ms, int max, store_cb cb, void *arg);
+/*
+ * CONSUMER still works on ID: its lease runs LEASE_MS from now. integer = 1
+ * when extended, 0 when the entry is no longer CONSUMER's (its lease ran out
+ * and another consumer claimed it, or it was acked or dead-lettered): the
+ * caller should stop working on it. A holder extends its leases well before
+ * they expire (every lease/3), so that slow processing — a model taking
+ * longer than the lease — does not hand the same message to a second
+ * consumer; only a consumer that died or hangs lets its lease run out.
+ */
+int store_queue_extend(store *s, const char *id, const char *consumer, int64_t lease_ms, store_cb cb, void *arg);
 /* Processing of ID is finished: remove it. integer = 1 when it was queued,
  * 0 when already gone (acked twice, or dead-lettered meanwhile). */
 int store_queue_ack(store *s, const char *id, store_cb cb, void *arg);

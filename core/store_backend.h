@@ -22,7 +22,7 @@ typedef enum store_op {
     SOP_LPUSH, SOP_LRANGE,
     SOP_HSET, SOP_HGET, SOP_HDEL, SOP_HGETALL,
     SOP_SCAN, SOP_DELPFX,
-    SOP_QADD, SOP_QCLAIM, SOP_QACK, SOP_QFAIL, SOP_QDEAD, SOP_QRETRY, SOP_QPENDING,
+    SOP_QADD, SOP_QCLAIM, SOP_QACK, SOP_QFAIL, SOP_QDEAD, SOP_QRETRY, SOP_QPENDING, SOP_QEXTEND,
 } store_op;
 
 /* One owned item of a result (store_item points into these). */

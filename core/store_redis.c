@@ -122,6 +122,12 @@ static const char LUA_FAIL[] =
     /* release the lease: make the entry look idle for ages, without counting a delivery */
     "if #p > 0 then redis.call('XCLAIM', KEYS[1], ARGV[1], p[1][2], 0, ARGV[2], 'IDLE', 1000000000000, 'JUSTID') end "
     "return 0";
+/* KEYS: stream; ARGV: group id consumer. Reset the idle time (the lease)
+ * only while CONSUMER still holds ID; JUSTID does not count a delivery. */
+static const char LUA_EXTEND[] =
+    "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) "
+    "if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end "
+    "redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID') return 1";
 /* KEYS: dead; ARGV: max */
 static const char LUA_DEAD[] =
     "return {redis.call('XLEN', KEYS[1]), redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[1])}";
@@ -401,6 +407,11 @@ static void rd_submit(void *be, store_req *req)
         send_eval(b, req, LUA_FAIL, 2, 6, a, NULL);
         break;
     }
+    case SOP_QEXTEND: {
+        const char *a[] = {b->stream_key, b->group, req->key, req->field};
+        send_eval(b, req, LUA_EXTEND, 1, 4, a, NULL);
+        break;
+    }
     case SOP_QDEAD: {
         snprintf(n1, sizeof n1, "%lld", (long long)req->b);
         const char *a[] = {b->dead_key, n1};
@@ -497,6 +508,7 @@ static int handle(rd *b, store_req *req, redisReply *r)
     case SOP_HDEL:
     case SOP_QACK:
     case SOP_QPENDING:
+    case SOP_QEXTEND:
         if (r->type != REDIS_REPLY_INTEGER)
             return bad_reply(b, req, r);
         req->integer = r->integer;

@@ -590,6 +590,20 @@ static int op_qack(sq *b, store_req *req)
     return 0;
 }
 
+static int op_qextend(sq *b, store_req *req, int64_t now)
+{
+    int64_t id;
+    if (parse_id(req, &id) < 0) {
+        req->status = STORE_OK; /* an id that cannot exist is nobody's */
+        return 0;
+    }
+    if (run(b, NULL, "UPDATE queue SET lease_until = ?3 WHERE id = ?1 AND state = 0 AND lease_owner = ?2", "iti", id,
+            req->field, now + req->a) != SQLITE_DONE)
+        return db_fail(b, req, "extending a queue lease");
+    req->integer = sqlite3_changes(b->db);
+    return 0;
+}
+
 static int op_qfail(sq *b, store_req *req, int64_t now)
 {
     int64_t id;
@@ -695,6 +709,7 @@ static int op_run(sq *b, store_req *req, int64_t now)
     case SOP_QDEAD: return op_qdead(b, req);
     case SOP_QRETRY: return op_qretry(b, req);
     case SOP_QPENDING: return op_qpending(b, req);
+    case SOP_QEXTEND: return op_qextend(b, req, now);
     }
     store_req_fail(req, STORE_E_IO, "store: unknown operation %d", (int)req->op);
     return -1;

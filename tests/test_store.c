@@ -731,6 +731,41 @@ START_TEST(t_queue_lease)
 }
 END_TEST
 
+/* A holder that keeps extending its lease keeps the entry; once it stops,
+ * the lease runs out and another consumer gets it — and the first can no
+ * longer extend what is now someone else's. */
+START_TEST(t_queue_extend)
+{
+    cap c = {0};
+    char id[64];
+    OK(c, store_queue_add(S, "slow", 4, on_result, &c));
+    snprintf(id, sizeof id, "%.60s", c.value);
+    OK(c, store_queue_claim(S, "replica-a", 300, 10, on_result, &c));
+    ck_assert_uint_eq(c.n, 1);
+    for (int i = 0; i < 4; i++) { /* 4 x 150 ms: twice the lease, held throughout */
+        run_for(150);
+        OK(c, store_queue_extend(S, id, "replica-a", 300, on_result, &c));
+        ck_assert_int_eq(c.integer, 1);
+        OK(c, store_queue_claim(S, "replica-b", 300, 10, on_result, &c));
+        ck_assert_uint_eq(c.n, 0);
+    }
+    OK(c, store_queue_extend(S, id, "replica-b", 300, on_result, &c));
+    ck_assert_int_eq(c.integer, 0); /* not b's to extend */
+    run_for(450);                   /* replica-a stopped extending */
+    OK(c, store_queue_claim(S, "replica-b", 300, 10, on_result, &c));
+    ck_assert_uint_eq(c.n, 1);
+    ck_assert_int_eq(c.attempts[0], 2);
+    OK(c, store_queue_extend(S, id, "replica-a", 300, on_result, &c));
+    ck_assert_int_eq(c.integer, 0);
+    OK(c, store_queue_extend(S, id, "replica-b", 300, on_result, &c));
+    ck_assert_int_eq(c.integer, 1);
+    OK(c, store_queue_ack(S, id, on_result, &c));
+    OK(c, store_queue_extend(S, id, "replica-b", 300, on_result, &c));
+    ck_assert_int_eq(c.integer, 0); /* acked: nobody's */
+    cap_reset(&c);
+}
+END_TEST
+
 START_TEST(t_queue_dead)
 {
     cap c = {0};
@@ -1122,6 +1157,7 @@ static void add_common(Suite *su, void (*setup)(void))
     tcase_add_test(tc, t_prefix);
     tcase_add_test(tc, t_queue);
     tcase_add_test(tc, t_queue_lease);
+    tcase_add_test(tc, t_queue_extend);
     tcase_add_test(tc, t_queue_dead);
     tcase_add_test(tc, t_persist);
     tcase_add_test(tc, t_close_inflight);

@@ -45,7 +45,9 @@ static void usage(FILE *out)
             "                                 ask the tenant from the terminal\n"
             "  stats                          counters per tenant\n"
             "  cache TENANT                   the tenant's LLM context caches\n"
-            "  cache refresh TENANT           rebuild them now\n\n"
+            "  cache refresh TENANT           rebuild them now\n"
+            "  queue                          inbound queue: pending entries, dead letters\n"
+            "  queue retry ID                 put dead letter ID back into the queue\n\n"
             "Options:\n"
             "  -c, --config FILE   find the control socket in FILE's server.control\n"
             "                      (default: $KOKO_CONFIG, ./etc/koko.yaml, " SYSCONFDIR "/koko/koko.yaml)\n"
@@ -333,6 +335,26 @@ static void print_refresh(const json_t *d)
         printf("%-10s %s\n", s_or(b, "backend", "?"), json_is_true(json_object_get(b, "ok")) ? "rebuilt" : s_or(b, "error", "failed"));
 }
 
+static void print_queue(const json_t *d)
+{
+    printf("store      %s (%s)\n", s_or(d, "backend", "?"),
+           json_is_true(json_object_get(d, "healthy")) ? "healthy" : "degraded");
+    printf("pending    %lld\n", (long long)json_integer_value(json_object_get(d, "pending")));
+    long long total = (long long)json_integer_value(json_object_get(d, "dead_total"));
+    printf("dead       %lld\n", total);
+    if (total == 0)
+        return;
+    printf("\n%-22s %8s %-10s %-12s %-14s %s\n", "ID", "ATTEMPTS", "TENANT", "CHANNEL", "CONVERSATION", "REASON");
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(d, "dead"), i, e)
+        printf("%-22s %8lld %-10s %-12s %-14s %s\n", s_or(e, "id", "?"),
+               (long long)json_integer_value(json_object_get(e, "attempts")), s_or(e, "tenant", "-"),
+               s_or(e, "channel", "-"), s_or(e, "conversation_id", "-"), s_or(e, "reason", ""));
+    if ((long long)json_array_size(json_object_get(d, "dead")) < total)
+        printf("(%lld more not shown; see --json)\n", total - (long long)json_array_size(json_object_get(d, "dead")));
+}
+
 static void print_reload(const json_t *d)
 {
     printf("reloaded: generation %lld serving (%.1f ms)\n", (long long)json_integer_value(json_object_get(d, "generation")),
@@ -419,6 +441,19 @@ int main(int argc, char **argv)
         json_object_set_new(args, "tenant", json_string(pos[refresh ? 2 : 1]));
         if (refresh)
             cmd = "cache_refresh";
+    }
+    if (strcmp(cmd, "queue") == 0) {
+        known = 1;
+        int retry = npos >= 2 && strcmp(pos[1], "retry") == 0;
+        if (npos != (retry ? 3 : 1)) {
+            fprintf(stderr, "kokoctl: usage: queue | queue retry ID\n");
+            json_decref(args);
+            return 2;
+        }
+        if (retry) {
+            json_object_set_new(args, "id", json_string(pos[2]));
+            cmd = "queue_retry";
+        }
     }
     if (strcmp(cmd, "routes") == 0 || strcmp(cmd, "route") == 0 || strcmp(cmd, "chat") == 0) {
         known = 1;
@@ -523,6 +558,10 @@ int main(int argc, char **argv)
             print_cache(d);
         else if (!strcmp(cmd, "cache_refresh"))
             print_refresh(d);
+        else if (!strcmp(cmd, "queue"))
+            print_queue(d);
+        else if (!strcmp(cmd, "queue_retry"))
+            printf("queued again as entry %s\n", s_or(d, "queued", "?"));
     }
     if (!ok && json_out) {
         const char *e = s_or(ans, "error", "failed");

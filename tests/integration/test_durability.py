@@ -151,8 +151,9 @@ class Durability(KokoTestCase):
         self.fake = FakeChatwoot(auto=True).start()
         self.addCleanup(self.fake.stop)
 
-    def daemon(self, redis=None, lease_ms=2000):
+    def daemon(self, redis=None, lease_ms=2000, **state_extra):
         state = {"lease_ms": lease_ms}
+        state.update(state_extra)
         k = self.kokod(plugin_dirs=[FALLBACK_DIR, TEST_PLUGINS, CHATWOOT_DIR], tenants={"shop": tenant(self.fake)})
         state["dir"] = k.state_dir
         if redis:
@@ -189,6 +190,12 @@ class Durability(KokoTestCase):
         dup = {k: v for k, v in got.items() if v > 1}
         extra = sorted(set(got) - want)
         detail = "; ".join("%s: %s" % (k.dir, k.log()[-3000:]) for k in daemons if missing or dup or extra)
+        if missing:
+            first = missing[0].rsplit(":", 1)[1]
+            conv = str(int(first) - 700000 + 20000)
+            detail += "\nlog lines for %s:\n%s" % (first, "\n".join(
+                "%s: %s" % (n, ln) for n, k in enumerate(daemons) for ln in k.log().splitlines()
+                if first in ln or conv in ln))
         self.assertEqual(missing, [], "accepted but never answered (%d): %s\n%s" % (len(missing), missing[:20],
                                                                                       detail))
         if dup:
@@ -232,6 +239,124 @@ class Durability(KokoTestCase):
         self.wait_senders(sender.run())
         self.check_exactly_once(sender, [k])
         k.stop(expect=0)
+
+
+    def queue_retry_scenario(self, redis=None):
+        """Chatwoot refuses every reply: after state.max_attempts deliveries each message is a
+        dead letter (kokoctl queue lists it); once Chatwoot works, kokoctl queue retry ID
+        answers it exactly once. The third message is handed off (no knowledge): its failed
+        handoff must not leave the conversation owned by a human and the retry dropped."""
+        t = tenant(self.fake)
+        t["channels"]["chatwoot"]["max_attempts"] = 1
+        k = self.kokod(plugin_dirs=[FALLBACK_DIR, TEST_PLUGINS, CHATWOOT_DIR], tenants={"shop": t})
+        state = {"dir": k.state_dir, "lease_ms": 2000, "max_attempts": 2}
+        if redis:
+            state["redis"] = redis.url
+        k.write_config(tenants={"shop": t}, extra={"state": state})
+        self.fake.fault(r"/messages$", method="POST", status=500, count=10 ** 9)
+        k.start()
+        ids = [810001, 810002, 810003]
+        for n, m in enumerate(ids):
+            text = "Mennyibe kerül a kiszállás? %d" % n if n < 2 else "Hol a csomagom? %d" % n
+            st, _, _ = send_webhook(self.url(k), P.contact_message(text, conv_id=31000 + n, msg_id=m),
+                                    secret=SECRET)
+            self.assertEqual(st, 200)
+        deadline = time.monotonic() + 20
+        q = None
+        while time.monotonic() < deadline:
+            q = k.kokoctl_json("queue")
+            if q["dead_total"] == len(ids) and q["pending"] == 0:
+                break
+            time.sleep(0.2)
+        self.assertEqual(q["dead_total"], len(ids), "%r\n%s" % (q, k.log()[-4000:]))
+        self.assertEqual(q["pending"], 0, q)
+        self.assertEqual(sorted(int(d["msg_id"]) for d in q["dead"]), ids)
+        for d in q["dead"]:
+            self.assertEqual(d["attempts"], 2, d)
+            self.assertEqual(d["tenant"], "shop")
+            self.assertEqual(d["channel"], "chatwoot")
+            self.assertTrue(d["reason"], d)
+            self.assertIn("%d" % (int(d["msg_id"]) - 810001), d["text"])
+        self.assertEqual(self.replies(), {})
+        rc, out, err = k.kokoctl("queue")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("dead       3", out)
+        for d in q["dead"]:
+            self.assertIn(d["id"], out)
+        # unknown id: refused, exit 1
+        rc, out, err = k.kokoctl("queue", "retry", "no-such-id")
+        self.assertEqual(rc, 1, out)
+        self.assertIn("no such dead letter", err)
+        self.assertEqual(k.kokoctl("queue", "retry")[0], 2)
+        # Chatwoot works again: retry the first two only
+        with self.fake.state.lock:
+            self.fake.state.faults.clear()
+        for d in q["dead"][:2]:
+            rc, out, err = k.kokoctl("queue", "retry", d["id"])
+            self.assertEqual(rc, 0, err)
+            self.assertIn("queued again", out)
+        want = {"koko:chatwoot:%s" % d["msg_id"] for d in q["dead"][:2]}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and set(self.replies()) != want:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        self.assertEqual(self.replies(), {w: 1 for w in want})
+        q2 = k.kokoctl_json("queue")
+        self.assertEqual(q2["pending"], 0, q2)
+        self.assertEqual([d["msg_id"] for d in q2["dead"]], [q["dead"][2]["msg_id"]])
+        # a retried id is gone from the dead letters
+        self.assertEqual(k.kokoctl("queue", "retry", q["dead"][0]["id"])[0], 1)
+        k.stop(expect=0)
+
+    def test_queue_dead_letters_and_retry_embedded(self):
+        self.queue_retry_scenario()
+
+    def redis(self):
+        r = Redis().start()
+        self.addCleanup(r.close)
+        return r
+
+    def test_queue_dead_letters_and_retry_redis(self):
+        self.queue_retry_scenario(redis=self.redis())
+
+    def test_redis_restarted_mid_run(self):
+        """(b) redis-server stopped (its append-only file fsync'ed always) and started again on the
+        same port while 2,000 messages come in: what was accepted is answered exactly once."""
+        r = self.redis()
+        k = self.daemon(redis=r).start()
+        sender = Sender(lambda: [self.url(k)])
+        threads = sender.run()
+        restarts = 0
+        while any(t.is_alive() for t in threads) and restarts < 2:
+            time.sleep(random.uniform(1.0, 2.0))
+            r.stop()
+            time.sleep(random.uniform(0.3, 1.0))
+            r.start()
+            restarts += 1
+        self.wait_senders(threads)
+        self.check_exactly_once(sender, [k])
+        self.assertGreaterEqual(restarts, 1)
+        k.stop(expect=0)
+
+    def test_three_replicas_one_killed(self):
+        """(c) three kokod replicas on one Redis, webhooks spread over them; one is killed with
+        kill -9 mid-run and not restarted: the entries it had leased are reclaimed by the other
+        two once the lease (1 s here) has run out."""
+        r = self.redis()
+        ks = [self.daemon(redis=r, lease_ms=1000).start() for _ in range(3)]
+        live = [self.url(k) for k in ks]
+        sender = Sender(lambda: list(live))
+        threads = sender.run()
+        while any(t.is_alive() for t in threads) and len(sender.accepted) < N // 3:
+            time.sleep(0.05)
+        victim = ks[0]
+        live.remove(self.url(victim))
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        self.wait_senders(threads)
+        self.check_exactly_once(sender, ks)
+        for k in ks[1:]:
+            k.stop(expect=0)
 
 
 if __name__ == "__main__":
