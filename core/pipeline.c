@@ -307,6 +307,7 @@ typedef struct job {
 typedef struct step_call {
     job *j;
     size_t step;
+    koko_llm_request req; /* borrowed by the backend until it calls back (what it points to lives in J) */
 } step_call;
 
 static void job_free(job *j)
@@ -653,8 +654,9 @@ static void run_step(job *j)
     }
     koko_instance *inst = j->chain[j->step];
     const koko_llm_ops *ops = inst->desc->ops;
-    koko_llm_request req = {
-        .size = sizeof req,
+    step_call *sc = xcalloc(1, sizeof *sc);
+    sc->req = (koko_llm_request){
+        .size = sizeof(koko_llm_request),
         .tenant = j->t->name,
         .conversation_id = j->conv_id,
         .language = j->language,
@@ -676,7 +678,6 @@ static void run_step(job *j)
         .customer_facts = NULL,
         .job = j,
     };
-    step_call *sc = xcalloc(1, sizeof *sc);
     sc->j = j;
     sc->step = j->step;
     j->calls++;
@@ -684,7 +685,7 @@ static void run_step(job *j)
     if (!j->deadline)
         j->deadline = evtimer_new(j->p->kd->base, on_deadline, j);
     evtimer_add(j->deadline, &tv);
-    ops->generate(inst->state, &req, on_generated, sc);
+    ops->generate(inst->state, &sc->req, on_generated, sc);
 }
 
 static json_t *tool_declarations(const tenant *t, const route *r)
