@@ -1,9 +1,9 @@
 /*
  * tests/llmtest.h — helpers shared by test_gemini.c and test_openai.c: start a
  * fake upstream (a script in tests/fakes/) as a child process on a free loopback
- * port, talk to its control endpoints, build koko_llm_requests, and run an
- * LLM plugin's generate() on the fake host's loop until its callback.
- * Header-only (static functions) so each test stays one translation unit.
+ * port (through tests/fakesrv.c), talk to its control endpoints, build
+ * koko_llm_requests, and run an LLM plugin's generate() on the fake host's loop
+ * until its callback. Static functions, so each test includes it once.
  */
 #ifndef KOKO_TESTS_LLMTEST_H
 #define KOKO_TESTS_LLMTEST_H
@@ -24,96 +24,32 @@
 #include <jansson.h>
 
 #include "fakehost.h"
+#include "fakesrv.h"
 #include "koko/host.h"
 #include "koko/plugin.h"
 
 static pid_t lt_fake_pid;
 static char lt_fake_url[128];
 
+/* Starts tests/fakes/SCRIPT_NAME (with EXTRA arguments, NULL-terminated) and
+ * records its pid and base URL; the test program cannot run without it. */
 static void lt_fake_start(const char *script_name, const char *const *extra)
 {
-    const char *src = getenv("KOKO_SRCDIR") ? getenv("KOKO_SRCDIR") : ".";
-    char script[1024];
-    snprintf(script, sizeof script, "%s/tests/fakes/%s", src, script_name);
-    int p[2];
-    if (pipe(p) != 0)
-        abort();
-    lt_fake_pid = fork();
-    if (lt_fake_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive a crashed test */
-        dup2(p[1], 1);
-        close(p[0]);
-        close(p[1]);
-        const char *argv[16] = {"python3", script, "--port", "0"};
-        int n = 4;
-        for (; extra && *extra && n < 15; extra++)
-            argv[n++] = *extra;
-        argv[n] = NULL;
-        execvp("python3", (char *const *)argv);
-        _exit(127);
-    }
-    close(p[1]);
-    FILE *f = fdopen(p[0], "r");
-    char line[256] = "";
-    if (!f || !fgets(line, sizeof line, f)) {
-        fprintf(stderr, "cannot start %s\n", script);
+    if (fakesrv_start(script_name, extra, &lt_fake_pid, lt_fake_url, sizeof lt_fake_url) != 0) {
+        fakesrv_stop(&lt_fake_pid);
         exit(1);
     }
-    fclose(f);
-    char *u = strstr(line, "http://");
-    if (!u)
-        exit(1);
-    u[strcspn(u, "\r\n")] = '\0';
-    snprintf(lt_fake_url, sizeof lt_fake_url, "%s", u);
 }
 
 static void lt_fake_stop(void)
 {
-    if (lt_fake_pid > 0) {
-        kill(lt_fake_pid, SIGTERM);
-        waitpid(lt_fake_pid, NULL, 0);
-        lt_fake_pid = 0;
-    }
-}
-
-typedef struct lt_buf {
-    char *p;
-    size_t n;
-} lt_buf;
-
-static size_t lt_write(char *d, size_t sz, size_t n, void *arg)
-{
-    lt_buf *b = arg;
-    char *q = realloc(b->p, b->n + sz * n + 1);
-    if (!q)
-        abort();
-    b->p = q;
-    memcpy(b->p + b->n, d, sz * n);
-    b->n += sz * n;
-    b->p[b->n] = '\0';
-    return sz * n;
+    fakesrv_stop(&lt_fake_pid);
 }
 
 /* A blocking control call to the fake; the parsed body (caller decrefs). */
 static json_t *lt_fake(const char *method, const char *path, const char *body)
 {
-    CURL *e = curl_easy_init();
-    char url[512];
-    snprintf(url, sizeof url, "%s%s", lt_fake_url, path);
-    lt_buf b = {0};
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lt_write);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    if (strcmp(method, "POST") == 0)
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "{}");
-    ck_assert_int_eq(curl_easy_perform(e), CURLE_OK);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(e);
-    json_t *doc = b.p ? json_loads(b.p, 0, NULL) : NULL;
-    free(b.p);
-    return doc;
+    return fakesrv_call(lt_fake_url, method, path, body);
 }
 
 static void lt_fake_ok(const char *method, const char *path, const char *body)
@@ -159,16 +95,19 @@ typedef struct lt_req {
 /* A knowledge base of N sections (~110 characters each); seed SEED changes every word. */
 static char *lt_kb(int n, int seed)
 {
-    lt_buf b = {0};
-    for (int i = 0; i < n; i++) {
-        char sec[256];
-        int len = snprintf(sec, sizeof sec,
-                           "[kb/demo/services.md › Service %d]\nService %d (edition %d) costs %d EUR and takes %d "
-                           "minutes at the customer's home.\n\n",
-                           i, i, seed, 20 + i, 30 + i % 60);
-        lt_write(sec, 1, (size_t)len, &b);
-    }
-    return b.p;
+    char *kb = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&kb, &len);
+    if (!f)
+        abort();
+    for (int i = 0; i < n; i++)
+        fprintf(f,
+                "[kb/demo/services.md › Service %d]\nService %d (edition %d) costs %d EUR and takes %d "
+                "minutes at the customer's home.\n\n",
+                i, i, seed, 20 + i, 30 + i % 60);
+    if (fclose(f) != 0)
+        abort();
+    return kb;
 }
 
 /* A request in LANG for TEXT. With KB (taken) the whole knowledge is offered under HASH. */

@@ -26,6 +26,7 @@
 #include <openssl/hmac.h>
 
 #include "fakehost.h"
+#include "fakesrv.h"
 #include "koko/host.h"
 #include "koko/plugin.h"
 
@@ -38,79 +39,10 @@ static char fake_url[128];
 
 /* ---- the fake Chatwoot (a child process) ---- */
 
-static void fake_start(const char *srcdir)
-{
-    char script[1024];
-    snprintf(script, sizeof script, "%s/tests/fakes/fake_chatwoot.py", srcdir);
-    int p[2];
-    if (pipe(p) != 0)
-        abort();
-    fake_pid = fork();
-    if (fake_pid == 0) {
-        dup2(p[1], 1);
-        close(p[0]);
-        close(p[1]);
-        execlp("python3", "python3", script, "--port", "0", (char *)NULL);
-        _exit(127);
-    }
-    close(p[1]);
-    FILE *f = fdopen(p[0], "r");
-    char line[256] = "";
-    if (!f || !fgets(line, sizeof line, f)) {
-        fprintf(stderr, "test_chatwoot: cannot start %s\n", script);
-        exit(1);
-    }
-    fclose(f);
-    char *u = strstr(line, "http://");
-    if (!u)
-        exit(1);
-    u[strcspn(u, "\r\n")] = '\0';
-    snprintf(fake_url, sizeof fake_url, "%s", u);
-}
-
-static void fake_stop(void)
-{
-    if (fake_pid > 0) {
-        kill(fake_pid, SIGTERM);
-        waitpid(fake_pid, NULL, 0);
-    }
-}
-
-typedef struct sbuf {
-    char *p;
-    size_t n;
-} sbuf;
-
-static size_t sbuf_write(char *d, size_t sz, size_t n, void *arg)
-{
-    sbuf *b = arg;
-    b->p = realloc(b->p, b->n + sz * n + 1);
-    memcpy(b->p + b->n, d, sz * n);
-    b->n += sz * n;
-    b->p[b->n] = '\0';
-    return sz * n;
-}
-
 /* A blocking control call to the fake; returns the parsed body (caller decrefs). */
 static json_t *fake_call(const char *method, const char *path, const char *body)
 {
-    CURL *e = curl_easy_init();
-    char url[512];
-    snprintf(url, sizeof url, "%s%s", fake_url, path);
-    sbuf b = {0};
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sbuf_write);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    if (strcmp(method, "POST") == 0)
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "{}");
-    ck_assert_int_eq(curl_easy_perform(e), CURLE_OK);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(e);
-    json_t *doc = b.p ? json_loads(b.p, 0, NULL) : NULL;
-    free(b.p);
-    return doc;
+    return fakesrv_call(fake_url, method, path, body);
 }
 
 static void fake_ok(const char *method, const char *path, const char *body)
@@ -1083,7 +1015,6 @@ END_TEST
 
 int main(void)
 {
-    const char *src = getenv("KOKO_SRCDIR") ? getenv("KOKO_SRCDIR") : ".";
     const char *so = getenv("KOKO_CHATWOOT_SO");
     char path[1024];
     if (!so) {
@@ -1098,7 +1029,10 @@ int main(void)
         return 1;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    fake_start(src);
+    if (fakesrv_start("fake_chatwoot.py", NULL, &fake_pid, fake_url, sizeof fake_url) != 0) {
+        fakesrv_stop(&fake_pid);
+        return 1;
+    }
 
     Suite *s = suite_create("chatwoot");
     TCase *tc = tcase_create("config");
@@ -1138,7 +1072,7 @@ int main(void)
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    fake_stop();
+    fakesrv_stop(&fake_pid);
     curl_global_cleanup();
     dlclose(plug_handle);
     return failed ? 1 : 0;

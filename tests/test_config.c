@@ -8,80 +8,36 @@
  * the source tree. The plugin search folder is a temporary folder of links
  * to a fixed set of plugins, so "available: ..." lists are exact.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1 /* nftw */
-#endif
 #include <check.h>
-#include <dirent.h>
-#include <ftw.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "config.h"
 #include "diag.h"
 #include "loader.h"
+#include "testutil.h"
 
-static const char *env_or(const char *name, const char *dflt)
-{
-    const char *v = getenv(name);
-    return v && *v ? v : dflt;
-}
-
-static char tmp_root[256];
 static char plug_dir[512];
 static char state_dir[512];
 static char base_dir[1024]; /* tests/data/core in the source tree */
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void link_to(const char *src, const char *name)
-{
-    char dst[1024];
-    snprintf(dst, sizeof dst, "%s/%s.so", plug_dir, name);
-    ck_assert_msg(access(src, R_OK) == 0, "plugin %s is missing (run make check)", src);
-    ck_assert_int_eq(symlink(src, dst), 0);
-}
-
-/* Also registered with atexit: a failed assertion ends the test process
- * without running the checked teardown. */
-static void teardown(void)
-{
-    if (tmp_root[0])
-        nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    tmp_root[0] = '\0';
-}
-
 static void setup(void)
 {
-    snprintf(tmp_root, sizeof tmp_root, "/tmp/koko-test-config-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmp_root));
-    atexit(teardown);
+    const char *tmp_root = tu_tmp_make("config");
     snprintf(plug_dir, sizeof plug_dir, "%s/plugins", tmp_root);
     snprintf(state_dir, sizeof state_dir, "%s/state", tmp_root);
     ck_assert_int_eq(mkdir(plug_dir, 0700), 0);
     static const char *const names[] = {"echo", "chankind", "failinit", "testchan"};
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
-        char src[1024];
-        snprintf(src, sizeof src, "%s/%s.so", env_or("KOKO_TEST_PLUGINS", "tests/plugins/.libs"), names[i]);
-        link_to(src, names[i]);
-    }
-    link_to(env_or("KOKO_FALLBACK_SO", "plugins/fallback/.libs/fallback.so"), "fallback");
-    snprintf(base_dir, sizeof base_dir, "%s/tests/data/core", env_or("KOKO_SRCDIR", "."));
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        tu_link_test_plugin(plug_dir, names[i]);
+    tu_link_plugin(plug_dir, "fallback", tu_env_or("KOKO_FALLBACK_SO", "plugins/fallback/.libs/fallback.so"));
+    snprintf(base_dir, sizeof base_dir, "%s/tests/data/core", tu_env_or("KOKO_SRCDIR", "."));
     setenv("KOKO_TEST_BASE", base_dir, 1);
     setenv("KOKO_TEST_STATE", state_dir, 1);
 }
-
-
 
 static const char *fixture(const char *name)
 {
@@ -95,16 +51,7 @@ static int cache_files(void)
 {
     char dir[600];
     snprintf(dir, sizeof dir, "%s/plugins", state_dir);
-    DIR *d = opendir(dir);
-    if (!d)
-        return 0;
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)))
-        if (de->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
+    return tu_count_entries(dir);
 }
 
 /*
@@ -221,9 +168,9 @@ START_TEST(test_shipped_config)
 {
     /* etc/koko.yaml as shipped, with the fallback plugin found through -P */
     char file[2048], fbdir[2048];
-    snprintf(file, sizeof file, "%s/etc/koko.yaml", env_or("KOKO_SRCDIR", "."));
-    snprintf(fbdir, sizeof fbdir, "%s", env_or("KOKO_FALLBACK_SO", "plugins/fallback/.libs/fallback.so"));
-    setenv("KOKO_BASE_DIR", env_or("KOKO_SRCDIR", "."), 1);
+    snprintf(file, sizeof file, "%s/etc/koko.yaml", tu_env_or("KOKO_SRCDIR", "."));
+    snprintf(fbdir, sizeof fbdir, "%s", tu_env_or("KOKO_FALLBACK_SO", "plugins/fallback/.libs/fallback.so"));
+    setenv("KOKO_BASE_DIR", tu_env_or("KOKO_SRCDIR", "."), 1);
     setenv("KOKO_STATE_DIR", state_dir, 1);
     unsetenv("KOKO_LISTEN");
     unsetenv("KOKO_API_TOKEN");
@@ -238,7 +185,7 @@ START_TEST(test_shipped_config)
     ck_assert_int_eq(c->listen_port, 5001);
     ck_assert_ptr_null(c->api_token); /* empty token = none */
     char want[2048];
-    snprintf(want, sizeof want, "%s/var/kokod.sock", env_or("KOKO_SRCDIR", "."));
+    snprintf(want, sizeof want, "%s/var/kokod.sock", tu_env_or("KOKO_SRCDIR", "."));
     ck_assert_str_eq(c->control_path, want);
     ck_assert_str_eq(c->state_dir, state_dir);
     const tenant_cfg *demo = config_tenant(c, "demo");
@@ -258,9 +205,9 @@ START_TEST(test_env_overrides)
 {
     /* the same file listening elsewhere with a token */
     char file[2048], fbdir[2048];
-    snprintf(file, sizeof file, "%s/etc/koko.yaml", env_or("KOKO_SRCDIR", "."));
-    snprintf(fbdir, sizeof fbdir, "%s", env_or("KOKO_FALLBACK_SO", "plugins/fallback/.libs/fallback.so"));
-    setenv("KOKO_BASE_DIR", env_or("KOKO_SRCDIR", "."), 1);
+    snprintf(file, sizeof file, "%s/etc/koko.yaml", tu_env_or("KOKO_SRCDIR", "."));
+    snprintf(fbdir, sizeof fbdir, "%s", tu_env_or("KOKO_FALLBACK_SO", "plugins/fallback/.libs/fallback.so"));
+    setenv("KOKO_BASE_DIR", tu_env_or("KOKO_SRCDIR", "."), 1);
     setenv("KOKO_STATE_DIR", state_dir, 1);
     setenv("KOKO_LISTEN", "0.0.0.0:8080", 1);
     setenv("KOKO_API_TOKEN", "s3cret", 1);
@@ -479,7 +426,7 @@ static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("load");
-    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_checked_fixture(tc, setup, tu_tmp_remove);
     tcase_set_timeout(tc, 20);
     tcase_add_test(tc, test_good);
     tcase_add_test(tc, test_shipped_config);

@@ -9,12 +9,7 @@
  * the build. The content-addressed copies go to a temporary cache folder,
  * which each test checks is left empty once everything is released.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1 /* nftw */
-#endif
 #include <check.h>
-#include <dirent.h>
-#include <ftw.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -24,87 +19,32 @@
 #include <unistd.h>
 
 #include "loader.h"
+#include "testutil.h"
 #include "util.h"
 
-static const char *env_or(const char *name, const char *dflt)
-{
-    const char *v = getenv(name);
-    return v && *v ? v : dflt;
-}
-
-static char tmp_root[256];   /* the test's temporary directory */
+static const char *tmp_root; /* the test's temporary directory */
 static char plug_dir[512];   /* the search folder */
 static char cache_dir[512];  /* content-addressed copies */
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void link_plugin(const char *name)
-{
-    char src[1024], dst[1024];
-    snprintf(src, sizeof src, "%s/%s.so", env_or("KOKO_TEST_PLUGINS", "tests/plugins/.libs"), name);
-    snprintf(dst, sizeof dst, "%s/%s.so", plug_dir, name);
-    ck_assert_msg(access(src, R_OK) == 0, "test plugin %s is missing (run make check)", src);
-    ck_assert_int_eq(symlink(src, dst), 0);
-}
-
-static void copy_file(const char *src, const char *dst)
-{
-    char err[256];
-    size_t len;
-    char *data = util_read_file(src, 64u << 20, &len, err, sizeof err);
-    ck_assert_msg(data != NULL, "%s", err);
-    ck_assert_msg(util_write_file(dst, data, len, 0755, err, sizeof err) == 0, "%s", err);
-    free(data);
-}
-
-/* Also registered with atexit: a failed assertion ends the test process
- * without running the checked teardown. */
-static void teardown(void)
-{
-    if (tmp_root[0])
-        nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    tmp_root[0] = '\0';
-}
-
 static void setup(void)
 {
-    snprintf(tmp_root, sizeof tmp_root, "/tmp/koko-test-loader-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmp_root));
-    atexit(teardown);
+    tmp_root = tu_tmp_make("loader");
     snprintf(plug_dir, sizeof plug_dir, "%s/plugins", tmp_root);
     snprintf(cache_dir, sizeof cache_dir, "%s/cache", tmp_root);
     ck_assert_int_eq(mkdir(plug_dir, 0700), 0);
     static const char *const names[] = {"echo", "badmajor", "badminor", "badsig", "noops", "chankind",
                                         "misname", "failinit", "nosym", "testchan"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-        link_plugin(names[i]);
-    char src[1024], dst[1024];
-    snprintf(src, sizeof src, "%s/tests/data/plugins/notso.so", env_or("KOKO_SRCDIR", "."));
-    snprintf(dst, sizeof dst, "%s/notso.so", plug_dir);
-    ck_assert_int_eq(symlink(src, dst), 0);
+        tu_link_test_plugin(plug_dir, names[i]);
+    char src[1024];
+    snprintf(src, sizeof src, "%s/tests/data/plugins/notso.so", tu_env_or("KOKO_SRCDIR", "."));
+    tu_link_plugin(plug_dir, "notso", src);
 }
-
-
 
 /* Number of entries in the cache folder (0 when it does not exist). */
 static int cache_files(void)
 {
-    DIR *d = opendir(cache_dir);
-    if (!d)
-        return 0;
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)))
-        if (de->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
+    return tu_count_entries(cache_dir);
 }
 
 #define AVAILABLE "badmajor, badminor, badsig, chankind, echo, failinit, misname, noops, nosym, notso, testchan"
@@ -251,13 +191,13 @@ START_TEST(test_changed_file)
 {
     /* a real file (not a link) that the test overwrites, as an operator would */
     char v1[1024], v2[1024], file[1024];
-    snprintf(v1, sizeof v1, "%s/echo.so", env_or("KOKO_TEST_PLUGINS", "tests/plugins/.libs"));
-    snprintf(v2, sizeof v2, "%s/tests/plugins/v2/.libs/echo.so", env_or("KOKO_BUILDDIR", "."));
+    snprintf(v1, sizeof v1, "%s/echo.so", tu_env_or("KOKO_TEST_PLUGINS", "tests/plugins/.libs"));
+    snprintf(v2, sizeof v2, "%s/tests/plugins/v2/.libs/echo.so", tu_env_or("KOKO_BUILDDIR", "."));
     char dir[600];
     snprintf(dir, sizeof dir, "%s/swap", tmp_root);
     ck_assert_int_eq(mkdir(dir, 0700), 0);
     snprintf(file, sizeof file, "%s/echo.so", dir);
-    copy_file(v1, file);
+    tu_copy_file(v1, file);
 
     loader *ld = loader_new(cache_dir);
     const char *search[] = {dir};
@@ -266,7 +206,7 @@ START_TEST(test_changed_file)
     ck_assert_msg(old != NULL, "%s", err);
     ck_assert_str_eq(old->desc->version, "v1");
 
-    copy_file(v2, file);
+    tu_copy_file(v2, file);
     plugin_lib *neu = loader_get(ld, search, 1, "echo", err, sizeof err);
     ck_assert_msg(neu != NULL, "%s", err);
     ck_assert_ptr_ne(old, neu);
@@ -350,7 +290,7 @@ START_TEST(test_not_shared_object)
     ck_assert_ptr_null(loader_get(ld, search, 1, "notso", err, sizeof err));
     /* "FILE: cannot load plugin: COPY: <dlerror's reason>" */
     char src[1024];
-    snprintf(src, sizeof src, "%s/tests/data/plugins/notso.so", env_or("KOKO_SRCDIR", "."));
+    snprintf(src, sizeof src, "%s/tests/data/plugins/notso.so", tu_env_or("KOKO_SRCDIR", "."));
     size_t len;
     char rerr[256];
     char *data = util_read_file(src, 1 << 20, &len, rerr, sizeof rerr);
@@ -645,7 +585,7 @@ START_TEST(test_available)
     free(s);
 
     /* the real test plugin folder lists echo among others */
-    const char *real[] = {env_or("KOKO_TEST_PLUGINS", "tests/plugins/.libs")};
+    const char *real[] = {tu_env_or("KOKO_TEST_PLUGINS", "tests/plugins/.libs")};
     s = loader_available(real, 1);
     ck_assert_msg(strstr(s, "echo") != NULL, "%s", s);
     free(s);
@@ -659,8 +599,8 @@ START_TEST(test_first_folder_wins)
     snprintf(dir1, sizeof dir1, "%s/first", tmp_root);
     ck_assert_int_eq(mkdir(dir1, 0700), 0);
     snprintf(file, sizeof file, "%s/echo.so", dir1);
-    snprintf(v2, sizeof v2, "%s/tests/plugins/v2/.libs/echo.so", env_or("KOKO_BUILDDIR", "."));
-    copy_file(v2, file);
+    snprintf(v2, sizeof v2, "%s/tests/plugins/v2/.libs/echo.so", tu_env_or("KOKO_BUILDDIR", "."));
+    tu_copy_file(v2, file);
     loader *ld = loader_new(cache_dir);
     const char *search[] = {dir1, plug_dir};
     char err[1024];
@@ -677,7 +617,7 @@ static Suite *loader_suite(void)
 {
     Suite *s = suite_create("loader");
     TCase *tc = tcase_create("get");
-    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_checked_fixture(tc, setup, tu_tmp_remove);
     tcase_set_timeout(tc, 20);
     tcase_add_test(tc, test_get_echo);
     tcase_add_test(tc, test_plugin_code_runs);
