@@ -229,6 +229,13 @@ static void host_tool_call(koko_instance *inst, void *job, const char *name, con
     pipeline_tool_call(inst, job, name, args, done, arg);
 }
 
+static const char *host_chunk_excerpt(koko_instance *inst, void *job, size_t i)
+{
+    if (!checked(inst, "chunk_excerpt"))
+        return NULL;
+    return pipeline_chunk_excerpt(inst, job, i);
+}
+
 const koko_host core_host = {
     .size = sizeof(koko_host),
     .abi_major = KOKO_ABI_MAJOR,
@@ -251,4 +258,5 @@ const koko_host core_host = {
     .post = host_post,
     .conversation = host_conversation,
     .tool_call = host_tool_call,
+    .chunk_excerpt = host_chunk_excerpt,
 };

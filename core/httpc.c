@@ -531,9 +531,10 @@ static int httpc_ensure_multi(httpc *h, char *err, size_t errlen)
         curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h) != CURLM_OK ||
         curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, httpc_timer_cb) != CURLM_OK ||
         curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h) != CURLM_OK ||
-        /* bounded sockets under a backlog: excess transfers wait their turn in curl */
-        curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, 128L) != CURLM_OK ||
-        curl_multi_setopt(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 512L) != CURLM_OK) {
+        /* idle connections kept for reuse are bounded; open ones are not (5,000
+         * conversations waiting on a slow model each hold one; kokod raises its
+         * file limit at start) */
+        curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, 128L) != CURLM_OK) {
         httpc_seterr(err, errlen, "httpc: setting up the curl multi handle on libevent failed");
         curl_multi_cleanup(h->multi);
         h->multi = NULL;

@@ -6,6 +6,7 @@
 
 #include <getopt.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +100,12 @@ int main(int argc, char **argv)
             dirs[ndirs++] = p;
 
     signal(SIGPIPE, SIG_IGN);
+    /* every waiting conversation may hold a socket to its model: use the hard limit */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     evthread_use_pthreads();
     int rc = 0;
     diag *d = diag_new();

@@ -29,7 +29,6 @@
 
 #define MAX_HITS 5
 #define EXCERPT_CHARS 600
-#define EXCERPT_HITS 3
 #define STEP_DEADLINE_MS 60000
 #define CONV_CAP 100000
 #define DEDUP_TTL_MS (24LL * 3600 * 1000)
@@ -435,14 +434,12 @@ static void retrieve(job *j)
             memcpy(j->hits + nf, rest, nr * sizeof *rest);
         }
     }
+    /* excerpts cost more than the whole retrieval: made only when a backend
+     * that quotes passages asks (koko_host.chunk_excerpt) */
     for (size_t i = 0; i < j->n_hits; i++) {
         const kb_chunk *c = j->hits[i].chunk;
-        /* excerpts cost most of a request: the best few get one, the rest
-         * are offered whole (backends fall back to the text) */
-        j->excerpts[i] = i < EXCERPT_HITS ? kb_excerpt(j->kb, c, j->text, EXCERPT_CHARS) : NULL;
         j->chunks[i] = (koko_chunk){.file = c->file, .heading = c->heading, .text = c->text,
-                                    .excerpt = j->excerpts[i], .score = j->hits[i].score,
-                                    .coverage = j->hits[i].coverage};
+                                    .excerpt = NULL, .score = j->hits[i].score, .coverage = j->hits[i].coverage};
     }
 }
 
@@ -1646,6 +1643,24 @@ const char *pipeline_owner(pipeline *p, const char *tenant_name, const char *cha
     conv *c = conv_get(p, key, 0);
     free(key);
     return owner_names[c ? c->owner : OWNER_BOT];
+}
+
+/* ---- koko_host.chunk_excerpt ---- */
+
+const char *pipeline_chunk_excerpt(koko_instance *inst, void *jobp, size_t i)
+{
+    job *j = jobp;
+    if (!j || j->magic != JOB_MAGIC) {
+        log_error(inst ? inst->prefix : "host", "chunk_excerpt: invalid job handle (plugin bug)");
+        return NULL;
+    }
+    if (i >= j->n_hits)
+        return NULL;
+    if (!j->excerpts[i]) {
+        j->excerpts[i] = kb_excerpt(j->kb, j->hits[i].chunk, j->text, EXCERPT_CHARS);
+        j->chunks[i].excerpt = j->excerpts[i];
+    }
+    return j->excerpts[i];
 }
 
 /* ---- function calling (koko_host.tool_call) ---- */

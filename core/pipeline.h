@@ -76,6 +76,9 @@ void pipeline_start(pipeline *p);
  * (kokod_free calls it before store_close). */
 void pipeline_stop(pipeline *p);
 
+/* koko_host.chunk_excerpt. */
+const char *pipeline_chunk_excerpt(koko_instance *inst, void *job, size_t i);
+
 /* Jobs in flight (status, graceful stop). */
 size_t pipeline_inflight(const pipeline *p);
 

@@ -15,7 +15,7 @@
  *   1.0  log, getenv, tenant, base_dir, http_submit/http_cancel,
  *        timer_start/timer_cancel, route_add, req_*, respond, submit, post.
  *   1.1  conversation (ownership events from channels).
- *   1.2  tool_call (function calling for LLM backends).
+ *   1.2  tool_call (function calling for LLM backends), chunk_excerpt.
  */
 #ifndef KOKO_HOST_H
 #define KOKO_HOST_H
@@ -160,6 +160,15 @@ struct koko_host {
      */
     void (*tool_call)(koko_instance *inst, void *job, const char *name, const json_t *args, koko_tool_fn done,
                       void *arg);
+
+    /*
+     * The sentences of req->chunks[I] most relevant to the question (at most
+     * ~600 bytes, whole sentences, table rows kept together), for the request
+     * whose req->job is JOB. Computed on the first call (retrieval does not
+     * pay for it when no backend quotes passages) and owned by the request:
+     * valid until the backend's DONE runs. NULL when I is out of range.
+     */
+    const char *(*chunk_excerpt)(koko_instance *inst, void *job, size_t i);
 };
 
 #ifdef __cplusplus

@@ -83,7 +83,8 @@ typedef struct koko_chunk {
     const char *file;    /* e.g. "kb/demo/pricing.md" */
     const char *heading; /* heading path, e.g. "Árak › Kiszállás" */
     const char *text;    /* the whole chunk, Markdown stripped */
-    const char *excerpt; /* its sentences most relevant to the question */
+    const char *excerpt; /* its sentences most relevant to the question; NULL until a backend asked for it
+                          * with koko_host.chunk_excerpt (ABI 1.2) */
     double score;        /* BM25 */
     double coverage;     /* 0..1: IDF-weighted share of the question's terms it contains */
 } koko_chunk;

@@ -65,6 +65,7 @@ struct cw_delivery {
     int verify_first; /* a redelivery: look for each post's source_id before posting */
     koko_timer *timer;
     cw_delivery *prev, *next;
+    cw_delivery *wait_next; /* waiting for its conversation's typing call (typing_slot.waiting) */
 };
 
 /* ---- small helpers ---- */
@@ -417,6 +418,7 @@ static void delivery_finish(cw_delivery *d)
 }
 
 static void delivery_next(cw_delivery *d);
+static int typing_hold(cw *c, cw_delivery *d);
 
 static void on_step_done(cw_call *k, koko_status st, const json_t *body, const char *error)
 {
@@ -693,7 +695,8 @@ void cw_deliver(void *state, const koko_reply *r, koko_deliver_fn done, void *ar
     if (d->n_steps)
         c->host->log(c->inst, KOKO_LOG_DEBUG, "conversation %s: delivering %s%s", d->conv,
                      r->handoff ? "a handoff" : "a reply", r->handoff && r->text && *r->text ? " with a reply" : "");
-    delivery_next(d);
+    if (!(d->n_steps && typing_hold(c, d)))
+        delivery_next(d);
     d->inside = 0;
 }
 
@@ -707,10 +710,36 @@ struct typing_slot {
     char conv[32];
     long long account;
     int pending; /* -1: nothing queued, else the state to send next */
+    cw_delivery *waiting; /* replies held until the "on" in flight has landed */
     typing_slot *next;
 };
 
 static void typing_send(typing_slot *t, int on);
+
+/* A reply waits for the typing call in flight in its conversation, so the
+ * customer sees "typing…" before the answer, never after it. */
+static int typing_hold(cw *c, cw_delivery *d)
+{
+    for (typing_slot *t = c->typing; t; t = t->next)
+        if (strcmp(t->conv, d->conv) == 0) {
+            cw_delivery **pp = &t->waiting;
+            while (*pp)
+                pp = &(*pp)->wait_next;
+            *pp = d;
+            return 1;
+        }
+    return 0;
+}
+
+static void typing_release(typing_slot *t)
+{
+    while (t->waiting) {
+        cw_delivery *d = t->waiting;
+        t->waiting = d->wait_next;
+        d->wait_next = NULL;
+        delivery_next(d);
+    }
+}
 
 static void typing_slot_free(typing_slot *t)
 {
@@ -731,6 +760,7 @@ static void on_typing_done(cw_call *k, koko_status st, const json_t *body, const
     if (st != KOKO_OK && st != KOKO_ERR_CANCELLED)
         c->host->log(c->inst, KOKO_LOG_INFO, "conversation %s: typing indicator not changed: %s", t->conv,
                      error ? error : "failed");
+    typing_release(t);
     if (t->pending >= 0 && st != KOKO_ERR_CANCELLED) {
         int on = t->pending;
         t->pending = -1;

@@ -511,7 +511,13 @@ static int compose(const fallback *fb, const koko_llm_request *r, answer *a)
     long pick = r->want_handoff ? -1 : pick_chunk(fb, r, lang);
     if (pick >= 0) {
         const koko_chunk *c = &r->chunks[pick];
-        char *body = trim_excerpt(chunk_body(c), fb->max_chars);
+        /* the passage's relevant sentences, made by the host on request (ABI 1.2) */
+        const char *excerpt = NULL;
+        if (fb->host->size >= offsetof(koko_host, chunk_excerpt) + sizeof(void *) && fb->host->chunk_excerpt &&
+            KOKO_HAS_FIELD(r, koko_llm_request, job) && r->job)
+            excerpt = fb->host->chunk_excerpt(fb->inst, r->job, (size_t)pick);
+        char *body = trim_excerpt(excerpt && excerpt[strspn(excerpt, " \t\r\n")] ? excerpt : chunk_body(c),
+                                  fb->max_chars);
         if (!body)
             return -1;
         const char *source = c->heading && *c->heading ? c->heading : c->file && *c->file ? c->file : NULL;
