@@ -89,7 +89,10 @@ case "$cmd" in
     echo "    curl -s localhost:5001/api/chat -H 'Content-Type: application/json' \\"
     echo "         -d '{\"tenant\":\"demo\",\"message\":\"Mennyibe kerül a kiszállás?\"}'"
     echo "    build/kokoctl chat demo \"What are your opening hours?\""
-    exec "$ROOT/build/kokod" -c etc/koko.yaml -P "$ROOT/build/plugins/fallback/.libs"
+    # every plugin built here is on the search path (chatwoot, gemini, openai: enable them in the YAML)
+    dirs=()
+    for d in "$ROOT"/build/plugins/*/.libs; do dirs+=(-P "$d"); done
+    exec "$ROOT/build/kokod" -c etc/koko.yaml "${dirs[@]}"
     ;;
   test)
     deps

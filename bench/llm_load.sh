@@ -1,0 +1,136 @@
+#!/bin/sh
+# llm_load.sh — 5,000 concurrent conversations through kokod's gemini backend
+# (`make bench-llm`; never run by `make check`).
+#
+# Starts a fake Gemini that answers every generateContent after 1 s
+# (`llm_load fake`, in C; LLM_FAKE=python uses tests/fakes/fake_gemini.py with
+# a delay_ms fault instead, to show what the Python fake can hold), kokod with
+# the demo tenant on [gemini, fallback] (context cache on), warms the cache with
+# one question, then `llm_load drive` opens 5,000 connections at once, each
+# sending one POST /api/chat of its own conversation. Printed: wall time
+# (target < 2.5 s), kokod's peak RSS VmHWM (target < 100 MiB), kokod's threads
+# (target: one event-loop thread; the SQLite store adds one worker), each with
+# PASS/MISS. Exits 0 unless something cannot start.
+#
+# Environment (bench/bench.am): KOKOD, FALLBACK_DIR, GEMINI_DIR, LLM_LOAD,
+# KOKO_SRCDIR; knobs: LLM_CONVERSATIONS (5000), LLM_DELAY_MS (1000), LLM_FAKE (c|python).
+
+set -u
+
+: "${KOKO_SRCDIR:=.}"
+: "${KOKO_BUILDDIR:=.}"
+: "${KOKOD:=$KOKO_BUILDDIR/kokod}"
+: "${FALLBACK_DIR:=$KOKO_BUILDDIR/plugins/fallback/.libs}"
+: "${GEMINI_DIR:=$KOKO_BUILDDIR/plugins/gemini/.libs}"
+: "${LLM_LOAD:=$KOKO_BUILDDIR/bench/llm_load}"
+: "${LLM_CONVERSATIONS:=5000}"
+: "${LLM_DELAY_MS:=1000}"
+: "${LLM_FAKE:=c}"
+
+WALL_TARGET_MS=2500
+HWM_TARGET_KIB=102400
+unset KOKO_API_TOKEN KOKO_PLUGIN_PATH KOKO_LISTEN KOKO_STATE_DIR KOKO_BASE_DIR
+
+FAKE_PID=
+KOKOD_PID=
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/koko-llm-load.XXXXXX") || exit 1
+
+stop_pid() # PID: TERM it, wait up to 5 s, then KILL; only processes this script started
+{
+    [ -n "$1" ] || return 0
+    kill -TERM "$1" 2>/dev/null || return 0
+    i=0
+    while kill -0 "$1" 2>/dev/null && [ $i -lt 50 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    kill -KILL "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+}
+
+# shellcheck disable=SC2317 # run by the EXIT trap
+cleanup()
+{
+    stop_pid "$KOKOD_PID"
+    stop_pid "$FAKE_PID"
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+wait_line() # FILE REGEX: wait up to 10 s for a line; prints the first match
+{
+    i=0
+    while [ $i -lt 200 ]; do
+        m=$(grep -m1 -oE "$2" "$1" 2>/dev/null) && { echo "$m"; return 0; }
+        sleep 0.05
+        i=$((i + 1))
+    done
+    return 1
+}
+
+# 5,000 inbound and as many outbound sockets, plus files
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
+
+if [ "$LLM_FAKE" = python ]; then
+    python3 -B "$KOKO_SRCDIR/tests/fakes/fake_gemini.py" --port 0 --key bench-key >"$TMP/fake.out" 2>&1 &
+else
+    "$LLM_LOAD" fake -d "$LLM_DELAY_MS" >"$TMP/fake.out" 2>&1 &
+fi
+FAKE_PID=$!
+FAKE_URL=$(wait_line "$TMP/fake.out" 'http://127\.0\.0\.1:[0-9]+') || {
+    echo "the fake Gemini did not start:"; cat "$TMP/fake.out"; exit 1; }
+
+cat >"$TMP/koko.yaml" <<EOF
+base_dir: "$KOKO_SRCDIR"
+server: {listen: "127.0.0.1:0", control: "$TMP/kokod.sock", drain_timeout_ms: 5000}
+state: {dir: "$TMP/state"}
+log: {level: warn}
+tenants:
+  demo:
+    languages: [hu, en]
+    kb: [kb/_global, kb/demo]
+    memory: memory/demo
+    llm: [gemini, fallback]
+    backends:
+      gemini:
+        api_key: bench-key
+        base_url: "$FAKE_URL"
+        timeout_ms: 60000
+        prices: {gemini-2.5-flash: {input: 0.30, cached_input: 0.03, output: 2.50, cache_storage_per_hour: 1.00}}
+      fallback: {min_score: 1.0, min_coverage: 0.45}
+    handoff: {min_confidence: 0.0}
+EOF
+"$KOKOD" -c "$TMP/koko.yaml" -P "$FALLBACK_DIR" -P "$GEMINI_DIR" -l info >"$TMP/kokod.log" 2>&1 &
+KOKOD_PID=$!
+KOKO_URL=$(wait_line "$TMP/kokod.log" 'listening on http://127\.0\.0\.1:[0-9]+') || {
+    echo "kokod did not start:"; cat "$TMP/kokod.log"; exit 1; }
+KOKO_URL=${KOKO_URL#listening on }
+
+# the context cache is created by the first question; the load then runs on it
+if [ "$LLM_FAKE" = python ]; then
+    # every generateContent from now on waits LLM_DELAY_MS
+    curl -s -o /dev/null -X POST -H 'Content-Type: application/json' \
+        -d "{\"path_regex\":\"generateContent\",\"delay_ms\":$LLM_DELAY_MS,\"count\":1000000}" "$FAKE_URL/_faults"
+fi
+curl -s -o /dev/null -X POST -H 'Content-Type: application/json' \
+    -d '{"tenant":"demo","message":"warm up","language":"en"}' "$KOKO_URL/api/chat"
+
+echo "== 7. $LLM_CONVERSATIONS concurrent conversations, gemini answering after $LLM_DELAY_MS ms ($LLM_FAKE fake)"
+echo "   kokod threads at rest: $(ls /proc/$KOKOD_PID/task | wc -l) ($(for t in /proc/$KOKOD_PID/task/*; do cat "$t/comm"; done | tr '\n' ' '))"
+"$LLM_LOAD" drive -u "$KOKO_URL" -n "$LLM_CONVERSATIONS" -P "$KOKOD_PID" -T 120 >"$TMP/drive.out" 2>&1
+sed -e '/^RESULT/d' -e 's/^/   /' "$TMP/drive.out"
+kill -0 "$KOKOD_PID" 2>/dev/null || { echo "kokod died during the run:"; tail -20 "$TMP/kokod.log"; exit 1; }
+if [ "$LLM_FAKE" = c ]; then
+    echo "   fake: $(curl -s "$FAKE_URL/_stats")"
+fi
+res=$(grep '^RESULT' "$TMP/drive.out") || { echo "the driver failed"; exit 1; }
+val() { echo "$res" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+wall=$(val wall_ms); ok=$(val ok); n=$(val n); hwm=$(val hwm_kib); threads=$(val threads)
+verdict() { if [ "$1" = 1 ]; then echo PASS; else echo MISS; fi; }
+echo "   wall $wall ms for $ok/$n answers   target < $WALL_TARGET_MS ms, all answered   $(verdict "$([ "$wall" -lt $WALL_TARGET_MS ] && [ "$ok" -eq "$n" ] && echo 1)")"
+echo "   kokod peak RSS (VmHWM) $hwm KiB   target < $HWM_TARGET_KIB KiB   $(verdict "$([ "$hwm" -lt $HWM_TARGET_KIB ] && echo 1)")"
+echo "   kokod threads (max seen) $threads: the event loop + the SQLite store's worker   target: one event-loop thread   $(verdict "$([ "$threads" -le 2 ] && echo 1)")"
+warns=$(grep -c 'WARN\|ERROR' "$TMP/kokod.log")
+echo "   kokod log: $warns warning/error lines$( [ "$warns" -gt 0 ] && printf '; first: %s' "$(grep -m1 'WARN\|ERROR' "$TMP/kokod.log" | cut -c1-200)")"
+exit 0
