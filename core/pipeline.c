@@ -29,6 +29,9 @@
 
 #define MAX_HITS 5
 #define EXCERPT_CHARS 600
+/* Typing shows only for answers slower than this: a quick answer needs no
+ * indicator, and two REST calls fewer per message. */
+#define TYPING_DELAY_MS 300
 #define STEP_DEADLINE_MS 60000
 #define CONV_CAP 100000
 #define DEDUP_TTL_MS (24LL * 3600 * 1000)
@@ -71,6 +74,7 @@ typedef struct conv {
     size_t n_queue;
     struct event *quiet_ev;
     struct job *running;
+    int typing_on;  /* a typing "on" went out and no "off" yet */
     struct conv *hnext;         /* hash chain */
     struct conv *lru_prev, *lru_next;
 } conv;
@@ -299,6 +303,7 @@ typedef struct job {
     const koko_msg *msg; /* the last message of the batch (owned by conv's queue) */
     const char *channel_handoff; /* the channel asked for a human */
     int handed_off;              /* the answer being delivered hands the conversation to a human */
+    struct event *typing_ev;     /* shows typing only if the answer takes a while */
 } job;
 
 /* One generate() call; its answer counts only while the job is still at
@@ -312,6 +317,8 @@ typedef struct step_call {
 static void job_free(job *j)
 {
     j->magic = 0;
+    if (j->typing_ev)
+        event_free(j->typing_ev);
     free(j->model_handoff);
     free(j->text);
     free(j->conv_id);
@@ -1120,11 +1127,34 @@ static void deliver_result(job *j, const chat_answer *a)
         j->handed_off = 1;
         set_owner(c, OWNER_HUMAN, a->handoff_reason ? a->handoff_reason : "handoff");
     }
-    if (KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing)
+    if (j->typing_ev)
+        event_del(j->typing_ev);
+    if (c->typing_on && KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing) {
         ops->typing(ch->state, j->msg, 0);
+        c->typing_on = 0;
+    }
     j->calls++;
     ops->deliver(ch->state, &rep, on_delivered, j);
     free(idem);
+}
+
+/* The answer is taking a while: show the customer that one is coming. */
+static void on_typing_due(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    job *j = arg;
+    conv *c = j->conv;
+    if (j->finished || j->superseded || !c || c->running != j)
+        return;
+    koko_instance *ch = tenant_channel(j->t, j->channel);
+    if (!ch || ch->st == INST_DEAD)
+        return;
+    const koko_channel_ops *ops = ch->desc->ops;
+    if (KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing) {
+        ops->typing(ch->state, j->msg, 1);
+        c->typing_on = 1;
+    }
 }
 
 /* The quiet window of C ended: one job answers everything queued. */
@@ -1161,12 +1191,9 @@ static void on_quiet(evutil_socket_t fd, short what, void *arg)
     j->msg = &last->m;
     j->channel_handoff = handoff;
     c->running = j;
-    koko_instance *ch = tenant_channel(t, last->m.channel);
-    if (ch && ch->st != INST_DEAD) {
-        const koko_channel_ops *ops = ch->desc->ops;
-        if (KOKO_OPS_HAS(ops, koko_channel_ops, typing) && ops->typing)
-            ops->typing(ch->state, &last->m, 1);
-    }
+    j->typing_ev = evtimer_new(p->kd->base, on_typing_due, j);
+    struct timeval tv = {0, TYPING_DELAY_MS * 1000};
+    evtimer_add(j->typing_ev, &tv);
     start_job(j);
 }
 

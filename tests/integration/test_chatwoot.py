@@ -50,9 +50,12 @@ class Chatwoot(KokoTestCase):
     def setUpClass(cls):
         cls.fake = FakeChatwoot(auto=True).start()
         cls.k = Kokod(shared=True, plugin_dirs=[FALLBACK_DIR, TEST_PLUGINS, CHATWOOT_DIR],
-                      tenants={"shop": tenant(cls.fake)})
+                      tenants={"shop": tenant(cls.fake),
+                               # a backend slower than the typing delay (300 ms)
+                               "slow": tenant(cls.fake, backend={"confidence": 0.9, "delay_ms": 800})})
         cls.k.start()
         cls.url = "http://%s:%d/webhook/shop/chatwoot" % (cls.k.host, cls.k.port)
+        cls.slow_url = "http://%s:%d/webhook/slow/chatwoot" % (cls.k.host, cls.k.port)
 
     @classmethod
     def tearDownClass(cls):
@@ -122,7 +125,9 @@ class Chatwoot(KokoTestCase):
     # ---- the happy path ----
 
     def test_reply_with_typing(self):
-        status, body = self.send(P.contact_message("Mennyi a kiszállítás?", conv_id=1))
+        # a slow answer: typing on → reply → typing off
+        status, body, _ = send_webhook(self.slow_url, P.contact_message("Mennyi a kiszállítás?", conv_id=1),
+                                       secret=SECRET)
         self.assertEqual(status, 200, body)
         self.assertEqual(body["status"], "accepted")
         posts = self.wait_posts(1)
@@ -135,6 +140,13 @@ class Chatwoot(KokoTestCase):
         self.assertEqual(self.actions(1)[0], "POST toggle_typing_status")
         typing = [c["body"]["typing_status"] for c in self.fake.calls("toggle_typing_status")]
         self.assertEqual(typing, ["on", "off"])
+
+    def test_quick_reply_without_typing(self):
+        # answered within the typing delay: no indicator, just the reply
+        self.assertEqual(self.send(P.contact_message("Nyitvatartás?", conv_id=3))[0], 200)
+        self.wait_posts(3)
+        time.sleep(0.5)
+        self.assertEqual(self.actions(3), ["POST messages"])
 
     def test_duplicate_delivery_one_reply(self):
         p = P.contact_message("Nyitvatartás?", conv_id=2)
