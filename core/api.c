@@ -72,6 +72,8 @@ static void chat_done(const chat_answer *a, void *arg)
                             (double)(long long)(a->latency_ms * 1000 + 0.5) / 1000);
     if (a->handoff && a->handoff_reason)
         json_object_set_new(doc, "handoff_reason", json_string(a->handoff_reason));
+    if (a->draft)
+        json_object_set_new(doc, "draft", json_string(a->draft));
     if (json_array_size(a->attempts))
         json_object_set(doc, "attempts", a->attempts);
     if (c->legacy) {

@@ -121,6 +121,8 @@ static void chat_done(const chat_answer *a, void *arg)
                             a->backend, "route", a->route, "latency_ms", a->latency_ms);
     if (a->handoff_reason)
         json_object_set_new(doc, "handoff_reason", json_string(a->handoff_reason));
+    if (a->draft)
+        json_object_set_new(doc, "draft", json_string(a->draft));
     if (json_array_size(a->attempts))
         json_object_set(doc, "attempts", a->attempts);
     control_ok(q, doc);

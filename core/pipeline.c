@@ -534,6 +534,15 @@ static void finish(job *j, const koko_llm_result *res, const char *backend)
             a.handoff = 1;
             a.handoff_reason = "confidence below the tenant's handoff.min_confidence";
         }
+        /* handed over by the core (not by the backend's own holding answer): the
+         * customer gets the persona's handoff message, the agents the draft */
+        if (a.handoff && !res->handoff) {
+            a.draft = a.reply;
+            const char *dflt = strcmp(j->language, "hu") == 0
+                                   ? "Átadom a beszélgetést egy kollégámnak, hamarosan jelentkezik."
+                                   : "I am handing this conversation to a colleague, who will be with you shortly.";
+            a.reply = memory_text(j->persona, "handoff", j->language, j->t->languages, j->t->n_languages, dflt);
+        }
     } else {
         a.reply = memory_text(j->persona, "holding", j->language, j->t->languages, j->t->n_languages, holding_dflt);
         a.backend = "none";
@@ -1111,7 +1120,7 @@ static void deliver_result(job *j, const chat_answer *a)
         .language = a->language,
         .handoff = a->handoff,
         .handoff_reason = a->handoff_reason,
-        .draft = a->reply,
+        .draft = a->draft ? a->draft : a->reply,
         .sources = a->sources,
         .confidence = a->confidence,
         .backend = a->backend,

@@ -30,7 +30,8 @@ typedef struct chat_input {
 
 /* The answer, borrowed for the callback's duration. */
 typedef struct chat_answer {
-    const char *reply;
+    const char *reply;          /* what the customer is told */
+    const char *draft;          /* on a handoff by the core: the backend's answer, for the agents; else NULL */
     const char *language;
     json_t *sources;        /* [{"file","heading","score"}] */
     double confidence;

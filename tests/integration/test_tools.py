@@ -64,8 +64,10 @@ class Tools(KokoTestCase):
         self.assertEqual(a["backend"], "echo")
         self.assertTrue(a["handoff"])
         self.assertEqual(a["handoff_reason"], "the model asked for a human: the customer is angry")
+        # the customer is told a colleague takes over; the model's answer is the agents' draft
+        self.assertEqual(a["reply"], "I am handing this conversation to a colleague, who will be with you shortly.")
         self.assertIn('handoff_to_human → {"note":"a human colleague will take over after your answer","ok":true}',
-                      a["reply"])
+                      a["draft"])
 
 
 class Budget(KokoTestCase):
