@@ -1276,8 +1276,10 @@ static void on_delivered(koko_status st, const char *error, void *arg)
         set_owner_ex(c, OWNER_BOT, "the handoff was not delivered; it is retried", 0);
     if (st == KOKO_OK && j->handed_off && c && c->owner == OWNER_HUMAN)
         conv_state_put(c, "owner", owner_names[OWNER_HUMAN]);
-    if (j->handed_off && c)
+    if (j->handed_off && c) {
         c->handoff_pending = 0;
+        c->version++; /* a load that read the store before this was recorded must not apply */
+    }
     /* the batch is answered (or given up on): take it off the queue */
     if (c && c->running == j) {
         for (size_t i = 0; i < j->batch && c->queue; i++) {

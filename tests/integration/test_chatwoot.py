@@ -235,7 +235,8 @@ class Chatwoot(KokoTestCase):
         self.assertEqual(self.fake.conversation(50)["status"], "open")
         self.assertIn("beszélhetnék egy emberrel?", notes[0]["body"]["content"])
         # the conversation is the humans' now: the next customer message is not answered
-        n = len(self.posted(50, private=False))
+        # (the reply is posted after the note: wait for it, it is not an answer to "Halló?")
+        n = len(self.wait_posts(50, private=False))
         self.send(P.contact_message("Halló?", conv_id=50, status="open"))
         self.barrier()
         self.assertEqual(len(self.posted(50, private=False)), n)

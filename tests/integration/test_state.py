@@ -8,7 +8,8 @@ the embedded store; kokod is restarted in the middle of conversations:
     new conversation's "Szia!" gets) and its history;
   - a conversation a human took over stays silent after the restart until
     it is resolved; then the bot answers again;
-  - the contact index {T}:contact:{C}:convs names the conversations.
+  - the contact index {T}:contact:{C}:convs names the conversations;
+  - /stats counts on from where it was (counters mirrored to {T}:stats:*).
 The language and history a job used are read from kokod's debug log line
 "conversation N: language L, K turn(s) of history".
 """
@@ -123,6 +124,27 @@ class State(KokoTestCase):
         self.restart()
         self.send(P.contact_message("Újabb kérdés", conv_id=40))
         self.wait_posts(40, 2)
+
+    def stats(self):
+        st, _, doc = self.k.http("GET", "/stats")
+        self.assertEqual(st, 200)
+        return doc["tenants"]["shop"]
+
+    def test_stats_survive_a_restart(self):
+        for i in range(3):
+            self.k.chat("shop", "kérdés %d" % i, conversation_id="s%d" % i)
+        self.send(P.contact_message("Mennyi a szállítás?", conv_id=60))
+        self.wait_posts(60, 1)
+        before = self.stats()
+        self.assertEqual(before["total_queries"], 4)
+        self.assertEqual(before["counters"].get("accepted"), 1)
+        self.restart()
+        after = self.stats()
+        self.assertEqual(after["total_queries"], 4, "/stats started from zero after the restart")
+        self.assertEqual(after["counters"], before["counters"])
+        self.k.chat("shop", "még egy", conversation_id="s9")
+        self.assertEqual(self.stats()["total_queries"], 5)
+        self.assertIn("counter(s) read from the store", self.k.log())
 
 
 if __name__ == "__main__":
