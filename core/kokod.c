@@ -126,6 +126,21 @@ kokod *kokod_new(const char *config_path, const char *const *extra, size_t nextr
         kokod_free(kd);
         return NULL;
     }
+    if (cfg->state_redis) {
+        /* the local spool: accepting never depends on Redis being reachable */
+        char *spool_dir = util_path_join(cfg->state_dir, "spool");
+        util_mkdir_p(spool_dir, 0700);
+        store_options sp = {.dir = spool_dir, .max_attempts = 1000000};
+        kd->spool = store_open(kd->base, &sp, err, sizeof err);
+        if (!kd->spool) {
+            diag_add(d, NULL, 0, 0, NULL, "cannot open the local spool in %s: %s", spool_dir, err);
+            free(spool_dir);
+            config_free(cfg, kd->loader);
+            kokod_free(kd);
+            return NULL;
+        }
+        free(spool_dir);
+    }
     kd->store_desc = cfg->state_redis ? util_asprintf("redis %s", cfg->state_redis)
                                       : util_asprintf("sqlite %s/koko.db", cfg->state_dir);
     log_info("core", "state store: %s", kd->store_desc);
@@ -444,6 +459,8 @@ void kokod_free(kokod *kd)
     /* callbacks of unfinished store calls run now (STORE_E_CLOSED) and free what they hold */
     store_close(kd->store);
     kd->store = NULL;
+    store_close(kd->spool); /* after the store: moves finishing there still remove their spool entries */
+    kd->spool = NULL;
     free(kd->store_desc);
     pipeline_free(kd->pipe);
     if (kd->http)

@@ -98,6 +98,10 @@ struct pipeline {
     held *all_held;
     size_t n_held;
     struct event *renew_ev; /* extends the leases of held entries every lease/3 */
+    struct event *spool_ev; /* moves the local spool into the store when it is reachable */
+    int spool_moving;       /* moves in flight (+1 while a batch is issued) */
+    int spool_full;         /* the last claim was a full batch: claim again at once */
+    size_t spool_moved;
     size_t inflight;
     /* the queue consumer */
     struct event *pump_ev;
@@ -1481,6 +1485,8 @@ typedef struct acceptance {
     char *tenant;
     char *dedup_key;
     char *qid;
+    char *payload; /* kept for the spool when the store is unreachable */
+    int spooled;   /* the message went to the local spool */
     koko_submit_status st;
     char error[256];
 } acceptance;
@@ -1490,6 +1496,7 @@ static void accept_free(acceptance *a)
     free(a->tenant);
     free(a->dedup_key);
     free(a->qid);
+    free(a->payload);
     free(a);
 }
 
@@ -1554,6 +1561,24 @@ static void on_dedup(const store_result *r, void *arg)
 static void on_queued(const store_result *r, void *arg)
 {
     acceptance *a = arg;
+    kokod *kd = a->p->kd;
+    if (r->status == STORE_E_UNAVAILABLE && !a->spooled && kd->spool && !a->p->closing) {
+        a->spooled = 1; /* the store went away under this call: the local spool takes it */
+        if (store_queue_add(kd->spool, a->payload, strlen(a->payload), on_queued, a) == 0)
+            return;
+    }
+    if (r->status == STORE_OK && a->spooled && !a->p->closing) {
+        static int64_t last;
+        if (util_unix_time() - last >= 10) {
+            last = util_unix_time();
+            log_warn("queue", "the state store is unreachable: messages are accepted into the local spool and moved "
+                     "into the store when it is back");
+        }
+        a->qid = xstrdup(r->value);
+        a->st = KOKO_SUBMIT_ACCEPTED; /* de-duplicated when claimed from the store (its dedup key is set then) */
+        accept_answer(a);
+        return;
+    }
     if (r->status != STORE_OK || a->p->closing) {
         a->st = KOKO_SUBMIT_REJECTED;
         snprintf(a->error, sizeof a->error, "the state store did not persist the message: %s",
@@ -1585,9 +1610,10 @@ void pipeline_submit(pipeline *p, koko_instance *channel, const koko_msg *msg, k
         snprintf(a->error, sizeof a->error, "message without msg_id or conversation_id");
     } else {
         a->dedup_key = msg_key(t->name, "dedup", channel->desc->name, msg->msg_id);
-        char *payload = msg_serialise(msg, t->name, channel->desc->name);
-        int rc = store_queue_add(kd->store, payload, strlen(payload), on_queued, a);
-        free(payload);
+        a->payload = msg_serialise(msg, t->name, channel->desc->name);
+        /* the store known to be down: straight into the spool, no timeout to wait for */
+        a->spooled = kd->spool && !store_healthy(kd->store, NULL, 0);
+        int rc = store_queue_add(a->spooled ? kd->spool : kd->store, a->payload, strlen(a->payload), on_queued, a);
         if (rc == 0)
             return;
         snprintf(a->error, sizeof a->error, "the state store refused the message (closing)");
@@ -1832,6 +1858,87 @@ void pipeline_requeued(pipeline *p, const char *payload, size_t len, const char 
     msgcopy_free(mc);
 }
 
+/* ---- the local spool: messages accepted while the store was unreachable ---- */
+
+#define SPOOL_POLL_MS 500
+#define SPOOL_LEASE_MS 10000
+#define SPOOL_BATCH 64
+
+typedef struct spool_move {
+    pipeline *p;
+    char *id;
+} spool_move;
+
+static void spool_at(pipeline *p, int ms)
+{
+    if (!p->spool_ev || p->closing)
+        return;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(p->spool_ev, &tv);
+}
+
+static void on_spool_moved(const store_result *r, void *arg)
+{
+    spool_move *mv = arg;
+    pipeline *p = mv->p;
+    kokod *kd = p->kd;
+    if (r->status == STORE_OK) {
+        /* in the store now: off the spool (a crash before this ack moves it again; its dedup key answers it once) */
+        store_queue_ack(kd->spool, mv->id, on_entry_done, util_asprintf("spool entry %s moved; its removal", mv->id));
+        p->spool_moved++;
+        pump_kick(p);
+    } else if (r->status != STORE_E_CLOSED) {
+        log_warn("queue", "spool entry %s not moved into the store: %s (tried again in %d s)", mv->id,
+                 r->error ? r->error : "store error", SPOOL_LEASE_MS / 1000);
+    }
+    free(mv->id);
+    free(mv);
+    if (--p->spool_moving == 0) {
+        if (p->spool_moved && !p->closing)
+            log_info("queue", "%zu message(s) moved from the local spool into the store", p->spool_moved);
+        p->spool_moved = 0;
+        spool_at(p, p->spool_full ? 0 : SPOOL_POLL_MS);
+    }
+}
+
+static void on_spool_claimed(const store_result *r, void *arg)
+{
+    pipeline *p = arg;
+    kokod *kd = p->kd;
+    if (p->closing || r->status != STORE_OK || r->n_items == 0) {
+        spool_at(p, SPOOL_POLL_MS);
+        return;
+    }
+    p->spool_full = r->n_items >= SPOOL_BATCH;
+    p->spool_moving = 1; /* ours until every move is issued */
+    for (size_t i = 0; i < r->n_items; i++) {
+        spool_move *mv = xcalloc(1, sizeof *mv);
+        mv->p = p;
+        mv->id = xstrdup(r->items[i].name);
+        p->spool_moving++;
+        if (store_queue_add(kd->store, r->items[i].value, r->items[i].value_len, on_spool_moved, mv) != 0) {
+            p->spool_moving--;
+            free(mv->id);
+            free(mv);
+        }
+    }
+    if (--p->spool_moving == 0)
+        spool_at(p, SPOOL_POLL_MS);
+}
+
+static void on_spool_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pipeline *p = arg;
+    kokod *kd = p->kd;
+    if (p->closing || !kd->spool || p->spool_moving)
+        return;
+    if (!store_healthy(kd->store, NULL, 0) ||
+        store_queue_claim(kd->spool, p->consumer, SPOOL_LEASE_MS, SPOOL_BATCH, on_spool_claimed, p) != 0)
+        spool_at(p, SPOOL_POLL_MS);
+}
+
 /* ---- lease renewal: a slow answer must not hand its message to a second consumer ---- */
 
 static void on_extended(const store_result *r, void *arg)
@@ -1988,6 +2095,7 @@ pipeline *pipeline_new(kokod *kd)
     snprintf(p->consumer, sizeof p->consumer, "%s:%ld:%llu", host, (long)getpid(), (unsigned long long)util_now_ms());
     p->pump_ev = evtimer_new(kd->base, on_pump, p);
     p->renew_ev = evtimer_new(kd->base, on_renew, p);
+    p->spool_ev = evtimer_new(kd->base, on_spool_tick, p);
     return p;
 }
 
@@ -1996,6 +2104,8 @@ void pipeline_start(pipeline *p)
     log_info("queue", "consumer %s: processing the inbound queue (unfinished entries first)", p->consumer);
     pump_at(p, 0);
     renew_at(p);
+    if (p->kd->spool)
+        spool_at(p, 0);
 }
 
 void pipeline_stop(pipeline *p)
@@ -2010,6 +2120,10 @@ void pipeline_stop(pipeline *p)
     if (p->renew_ev) {
         event_free(p->renew_ev);
         p->renew_ev = NULL;
+    }
+    if (p->spool_ev) {
+        event_free(p->spool_ev);
+        p->spool_ev = NULL;
     }
 }
 
