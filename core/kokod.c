@@ -5,6 +5,7 @@
 #include "kokoconf.h"
 
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -125,6 +126,21 @@ kokod *kokod_new(const char *config_path, const char *const *extra, size_t nextr
         kokod_free(kd);
         return NULL;
     }
+    if (cfg->state_redis) {
+        /* the local spool: accepting never depends on Redis being reachable */
+        char *spool_dir = util_path_join(cfg->state_dir, "spool");
+        util_mkdir_p(spool_dir, 0700);
+        store_options sp = {.dir = spool_dir, .max_attempts = 1000000};
+        kd->spool = store_open(kd->base, &sp, err, sizeof err);
+        if (!kd->spool) {
+            diag_add(d, NULL, 0, 0, NULL, "cannot open the local spool in %s: %s", spool_dir, err);
+            free(spool_dir);
+            config_free(cfg, kd->loader);
+            kokod_free(kd);
+            return NULL;
+        }
+        free(spool_dir);
+    }
     kd->store_desc = cfg->state_redis ? util_asprintf("redis %s", cfg->state_redis)
                                       : util_asprintf("sqlite %s/koko.db", cfg->state_dir);
     log_info("core", "state store: %s", kd->store_desc);
@@ -158,8 +174,167 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     kokod_stop(kd);
 }
 
+/* ---- counters from the store: /stats survives a restart ----
+ * Every kokod_count() is mirrored to {T}:stats:{counter}; kokod_listen()
+ * reads them back before it serves (bounded wait: a store that does not
+ * answer in STATS_LOAD_MS leaves the counters at zero, with a warning). */
+
+#define STATS_LOAD_MS 5000
+
+typedef struct stats_load {
+    kokod *kd;
+    int pending;   /* store calls not called back yet */
+    int abandoned; /* kokod_listen() stopped waiting: the last callback frees */
+    size_t loaded;
+} stats_load;
+
+typedef struct stats_get {
+    stats_load *sl;
+    char *tenant, *counter;
+} stats_get;
+
+static void stats_load_unref(stats_load *sl)
+{
+    if (--sl->pending == 0 && sl->abandoned)
+        free(sl);
+}
+
+static void on_stat_value(const store_result *r, void *arg)
+{
+    stats_get *sg = arg;
+    stats_load *sl = sg->sl;
+    if (!sl->abandoned && r->status == STORE_OK && r->found) {
+        char *end = NULL;
+        double v = strtod(r->value, &end);
+        if (end && end != r->value) {
+            kokod *kd = sl->kd;
+            json_t *t = json_object_get(kd->stats, sg->tenant);
+            if (!t) {
+                t = json_object();
+                json_object_set_new(kd->stats, sg->tenant, t);
+            }
+            json_object_set_new(t, sg->counter, json_real(v));
+            sl->loaded++;
+        }
+    }
+    free(sg->tenant);
+    free(sg->counter);
+    free(sg);
+    stats_load_unref(sl);
+}
+
+/* The counter name in KEY after PREFIX, %XX unescaped (caller frees). */
+static char *stats_name(const char *key, size_t prefix_len)
+{
+    const char *s = key + prefix_len;
+    char *out = xmalloc(strlen(s) + 1), *o = out;
+    while (*s) {
+        unsigned x;
+        if (s[0] == '%' && s[1] && s[2] && sscanf(s + 1, "%2x", &x) == 1) {
+            *o++ = (char)x;
+            s += 3;
+        } else {
+            *o++ = *s++;
+        }
+    }
+    *o = 0;
+    return out;
+}
+
+typedef struct stats_scan {
+    stats_load *sl;
+    char *tenant;
+} stats_scan;
+
+static void on_stats_scanned(const store_result *r, void *arg)
+{
+    stats_scan *ss = arg;
+    stats_load *sl = ss->sl;
+    if (!sl->abandoned && r->status == STORE_OK) {
+        size_t plen = strlen(ss->tenant) + strlen(":stats:");
+        for (size_t i = 0; i < r->n_items; i++) {
+            if (strncmp(r->items[i].name + plen, "day:", 4) == 0)
+                continue; /* the daily series is not a total */
+            stats_get *sg = xcalloc(1, sizeof *sg);
+            sg->sl = sl;
+            sg->tenant = xstrdup(ss->tenant);
+            sg->counter = stats_name(r->items[i].name, plen);
+            sl->pending++;
+            if (store_get(sl->kd->store, r->items[i].name, on_stat_value, sg) != 0) {
+                sl->pending--;
+                free(sg->tenant);
+                free(sg->counter);
+                free(sg);
+            }
+        }
+    } else if (r->status != STORE_OK && r->status != STORE_E_CLOSED) {
+        log_warn("core", "counters of tenant %s not read from the store: %s (/stats starts from zero)", ss->tenant,
+                 r->error ? r->error : "store error");
+    }
+    free(ss->tenant);
+    free(ss);
+    stats_load_unref(sl);
+}
+
+static void on_stats_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    *(int *)arg = 1;
+}
+
+static void stats_load_all(kokod *kd)
+{
+    if (!kd->store || !kd->current)
+        return;
+    stats_load *sl = xcalloc(1, sizeof *sl);
+    sl->kd = kd;
+    sl->pending = 1; /* ours, dropped below */
+    for (size_t i = 0; i < kd->current->n_tenants; i++) {
+        stats_scan *ss = xcalloc(1, sizeof *ss);
+        ss->sl = sl;
+        ss->tenant = xstrdup(kd->current->tenants[i].name);
+        char *prefix = util_asprintf("%s:stats:", ss->tenant);
+        sl->pending++;
+        if (store_scan_prefix(kd->store, prefix, on_stats_scanned, ss) != 0) {
+            sl->pending--;
+            free(ss->tenant);
+            free(ss);
+        }
+        free(prefix);
+    }
+    int timed_out = 0;
+    struct event *deadline = evtimer_new(kd->base, on_stats_deadline, &timed_out);
+    struct timeval tv = {STATS_LOAD_MS / 1000, (STATS_LOAD_MS % 1000) * 1000};
+    evtimer_add(deadline, &tv);
+    while (sl->pending > 1 && !timed_out)
+        event_base_loop(kd->base, EVLOOP_ONCE);
+    event_free(deadline);
+    if (sl->pending > 1)
+        log_warn("core", "the store did not return the counters within %d ms: /stats starts from zero",
+                 STATS_LOAD_MS);
+    else if (sl->loaded)
+        log_info("core", "%zu counter(s) read from the store", sl->loaded);
+    sl->abandoned = 1;
+    stats_load_unref(sl);
+}
+
+static void on_stat_written(const store_result *r, void *arg)
+{
+    (void)arg;
+    if (r->status != STORE_OK && r->status != STORE_E_CLOSED) {
+        static int64_t last;
+        if (util_unix_time() - last >= 10) {
+            last = util_unix_time();
+            log_warn("core", "a counter was not written to the store: %s (it is counted in memory)",
+                     r->error ? r->error : "store error");
+        }
+    }
+}
+
 int kokod_listen(kokod *kd, char *err, size_t errlen)
 {
+    stats_load_all(kd);
     const core_config *c = kd->current->cfg;
     kd->srv = server_new(kd, c->listen_host, c->listen_port, err, errlen);
     if (!kd->srv)
@@ -284,6 +459,8 @@ void kokod_free(kokod *kd)
     /* callbacks of unfinished store calls run now (STORE_E_CLOSED) and free what they hold */
     store_close(kd->store);
     kd->store = NULL;
+    store_close(kd->spool); /* after the store: moves finishing there still remove their spool entries */
+    kd->spool = NULL;
     free(kd->store_desc);
     pipeline_free(kd->pipe);
     if (kd->http)
@@ -324,6 +501,13 @@ void kokod_count(kokod *kd, const char *tenant_name, const char *counter, double
     }
     json_t *v = json_object_get(t, counter);
     json_object_set_new(t, counter, json_real(json_number_value(v) + delta));
+    if (kd->store) {
+        char *part = store_key_part(counter);
+        char *k = util_asprintf("%s:stats:%s", tenant_name, part);
+        store_incr_float(kd->store, k, delta, 0, on_stat_written, NULL);
+        free(k);
+        free(part);
+    }
 }
 
 int kokod_store_healthy(const kokod *kd, char *why, size_t whylen)

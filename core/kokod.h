@@ -46,6 +46,7 @@ typedef struct kokod {
     struct pipeline *pipe;
     struct store *store;     /* runtime state (state:): opened at start, closed at exit */
     char *store_desc;        /* "sqlite DIR/koko.db" or "redis URL" for logs */
+    struct store *spool;     /* with Redis: <state.dir>/spool/koko.db takes messages while Redis is unreachable */
     int64_t started_at;      /* unix time */
     uint64_t started_ms;     /* monotonic */
     int stopping;

@@ -64,10 +64,14 @@ struct pipeline;
 
 typedef struct conv {
     char *key;
+    char *skey;       /* store key prefix "T:conv:{channel}:{conv}" (parts escaped) */
     char lang[8];
     koko_turn *turns; /* oldest first; role static, text owned */
     size_t n_turns;
     owner owner;
+    unsigned version; /* bumped by every local change: a load that raced one is not applied */
+    int loading;      /* loads in flight: not evicted meanwhile */
+    int handoff_pending; /* a handoff is being delivered: owner human here, not yet in the store */
     /* coalescing: messages waiting for one answer, the quiet timer, the job answering them */
     struct pipeline *p;
     msgcopy *queue, *queue_tail;
@@ -97,6 +101,10 @@ struct pipeline {
     held *all_held;
     size_t n_held;
     struct event *renew_ev; /* extends the leases of held entries every lease/3 */
+    struct event *spool_ev; /* moves the local spool into the store when it is reachable */
+    int spool_moving;       /* moves in flight (+1 while a batch is issued) */
+    int spool_full;         /* the last claim was a full batch: claim again at once */
+    size_t spool_moved;
     size_t inflight;
     /* the queue consumer */
     struct event *pump_ev;
@@ -162,6 +170,7 @@ static void conv_free(conv *c)
         free((char *)c->turns[i].text);
     free(c->turns);
     free(c->key);
+    free(c->skey);
     free(c);
 }
 
@@ -174,6 +183,23 @@ static void conv_remove(pipeline *p, conv *c)
     lru_unlink(p, c);
     p->n_convs--;
     conv_free(c);
+}
+
+/* "T:conv:{channel}:{conv}" for the conversation key "T\x1fchannel\x1fconv" (caller frees). */
+static char *conv_store_prefix(const char *key)
+{
+    const char *a = strchr(key, '\x1f');
+    const char *b = a ? strchr(a + 1, '\x1f') : NULL;
+    if (!b)
+        return xstrdup(key);
+    char *tn = util_asprintf("%.*s", (int)(a - key), key), *chn = util_asprintf("%.*s", (int)(b - a - 1), a + 1);
+    char *ch = store_key_part(chn), *id = store_key_part(b + 1);
+    char *k = util_asprintf("%s:conv:%s:%s", tn, ch, id);
+    free(tn);
+    free(chn);
+    free(ch);
+    free(id);
+    return k;
 }
 
 static conv *conv_get(pipeline *p, const char *key, int create)
@@ -189,7 +215,7 @@ static conv *conv_get(pipeline *p, const char *key, int create)
         return NULL;
     if (p->n_convs >= CONV_CAP) {
         conv *victim = p->lru_tail;
-        while (victim && (victim->queue || victim->running || victim->owner != OWNER_BOT))
+        while (victim && (victim->queue || victim->running || victim->loading || victim->owner != OWNER_BOT))
             victim = victim->lru_prev;
         if (victim)
             conv_remove(p, victim);
@@ -197,6 +223,7 @@ static conv *conv_get(pipeline *p, const char *key, int create)
     conv *c = xcalloc(1, sizeof *c);
     c->p = p;
     c->key = xstrdup(key);
+    c->skey = conv_store_prefix(key);
     c->hnext = p->buckets[b];
     p->buckets[b] = c;
     lru_push(p, c);
@@ -217,6 +244,181 @@ static void conv_add_turn(conv *c, const char *role, const char *text, unsigned 
     c->turns[c->n_turns].role = role;
     c->turns[c->n_turns].text = xstrdup(text);
     c->n_turns++;
+}
+
+/* ---- conversation state in the store: the truth; the table above is its cache ----
+ * {T}:conv:{channel}:{conv}:state   hash: owner, lang, contact
+ * {T}:conv:{channel}:{conv}:history list: the last history_turns*2 turns, {"role","text"}
+ * {T}:contact:{C}:convs             hash: {channel}:{conv} -> first seen (unix time)
+ * Writes go out after each change; loads run before a message is taken and
+ * before an API chat, so a restarted kokod or another replica continues the
+ * conversation where it was. */
+
+static void on_state_written(const store_result *r, void *arg)
+{
+    char *what = arg;
+    if (r->status != STORE_OK && r->status != STORE_E_CLOSED)
+        log_warn("pipeline", "%s not recorded: %s", what, r->error ? r->error : "store error");
+    free(what);
+}
+
+static void conv_state_put(conv *c, const char *field, const char *value)
+{
+    store *st = c->p->kd->store;
+    if (!st)
+        return;
+    char *k = util_asprintf("%s:state", c->skey);
+    store_hash_set(st, k, field, value, strlen(value), on_state_written, util_asprintf("%s %s=%s", k, field, value));
+    free(k);
+}
+
+static void conv_history_put(conv *c, const char *role, const char *text, unsigned keep)
+{
+    store *st = c->p->kd->store;
+    if (!st || keep == 0)
+        return;
+    json_t *o = json_pack("{s:s,s:s}", "role", role, "text", text);
+    char *v = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!v)
+        return;
+    char *k = util_asprintf("%s:history", c->skey);
+    store_list_push(st, k, v, strlen(v), (int64_t)keep * 2, on_state_written, util_asprintf("a turn of %s", k));
+    free(k);
+    free(v);
+}
+
+static const char *role_static(const char *role)
+{
+    return role && strcmp(role, "assistant") == 0 ? "assistant" : "user";
+}
+
+typedef void (*conv_loaded_fn)(conv *c, void *arg);
+
+typedef struct conv_load {
+    pipeline *p;
+    char *key;
+    char *contact; /* the message's contact id: index the conversation on first sight */
+    char *tenant;
+    unsigned version;
+    int have_contact; /* the state hash names a contact already */
+    json_t *state;    /* owner, lang from the store (NULL: none) */
+    conv_loaded_fn done;
+    void *arg;
+} conv_load;
+
+static void conv_load_finish(conv_load *cl, const store_result *hist)
+{
+    pipeline *p = cl->p;
+    conv *c = conv_get(p, cl->key, 1);
+    c->loading--;
+    if (!p->closing && c->version == cl->version) {
+        const char *o = json_string_value(json_object_get(cl->state, "owner"));
+        for (int i = 0; o && !c->handoff_pending && i < 3; i++)
+            if (strcmp(o, owner_names[i]) == 0)
+                c->owner = (owner)i;
+        const char *l = json_string_value(json_object_get(cl->state, "lang"));
+        if (l)
+            snprintf(c->lang, sizeof c->lang, "%s", l);
+        if (hist && hist->status == STORE_OK) {
+            for (size_t i = 0; i < c->n_turns; i++)
+                free((char *)c->turns[i].text);
+            free(c->turns);
+            c->turns = NULL;
+            c->n_turns = 0;
+            if (hist->n_items)
+                c->turns = xcalloc(hist->n_items, sizeof *c->turns);
+            for (size_t i = 0; i < hist->n_items; i++) {
+                json_t *t = json_loadb(hist->items[i].value, hist->items[i].value_len, 0, NULL);
+                const char *text = json_string_value(json_object_get(t, "text"));
+                if (text) {
+                    c->turns[c->n_turns].role = role_static(json_string_value(json_object_get(t, "role")));
+                    c->turns[c->n_turns].text = xstrdup(text);
+                    c->n_turns++;
+                }
+                json_decref(t);
+            }
+        }
+    }
+    if (!p->closing && !cl->have_contact && cl->contact && *cl->contact && p->kd->store) {
+        /* first sight of this conversation for its contact: the index GDPR export / forget walks */
+        conv_state_put(c, "contact", cl->contact);
+        char *cp = store_key_part(cl->contact);
+        char *k = util_asprintf("%s:contact:%s:convs", cl->tenant, cp);
+        const char *field = strstr(c->skey, ":conv:");
+        char *now = util_asprintf("%lld", (long long)util_unix_time());
+        if (field)
+            store_hash_set(p->kd->store, k, field + 6, now, strlen(now), on_state_written,
+                           util_asprintf("contact index %s", k));
+        free(now);
+        free(k);
+        free(cp);
+    }
+    cl->done(c, cl->arg);
+    json_decref(cl->state);
+    free(cl->key);
+    free(cl->contact);
+    free(cl->tenant);
+    free(cl);
+}
+
+static void on_history_loaded(const store_result *r, void *arg)
+{
+    conv_load *cl = arg;
+    if (r->status != STORE_OK && r->status != STORE_E_CLOSED)
+        log_warn("pipeline", "history of conversation %s not loaded: %s (answering from the cache)",
+                 strrchr(cl->key, '\x1f') + 1, r->error ? r->error : "store error");
+    conv_load_finish(cl, r);
+}
+
+static void on_state_loaded(const store_result *r, void *arg)
+{
+    conv_load *cl = arg;
+    pipeline *p = cl->p;
+    if (r->status == STORE_OK) {
+        cl->state = json_object();
+        for (size_t i = 0; i < r->n_items; i++) {
+            if (strcmp(r->items[i].name, "contact") == 0)
+                cl->have_contact = 1;
+            json_object_set_new(cl->state, r->items[i].name, json_stringn(r->items[i].value, r->items[i].value_len));
+        }
+    } else {
+        cl->have_contact = 1; /* unknown: do not index on a guess */
+        if (r->status != STORE_E_CLOSED)
+            log_warn("pipeline", "state of conversation %s not loaded: %s (using the cache)",
+                     strrchr(cl->key, '\x1f') + 1, r->error ? r->error : "store error");
+    }
+    conv *c = conv_get(p, cl->key, 1);
+    char *k = util_asprintf("%s:history", c->skey);
+    int rc = p->closing || r->status != STORE_OK ? -1 : store_list_range(p->kd->store, k, 0, -1, on_history_loaded, cl);
+    free(k);
+    if (rc != 0)
+        conv_load_finish(cl, NULL);
+}
+
+/* Load the state and history of conversation KEY from the store into the
+ * cache, then DONE(c, ARG) — always, later, on the loop (also when the store
+ * fails: the cache is used then). CONTACT (borrowed, may be NULL) is indexed
+ * the first time the conversation is seen. */
+static void conv_load_start(pipeline *p, const char *key, const char *contact, conv_loaded_fn done, void *arg)
+{
+    conv *c = conv_get(p, key, 1);
+    conv_load *cl = xcalloc(1, sizeof *cl);
+    cl->p = p;
+    cl->key = xstrdup(key);
+    cl->contact = contact ? xstrdup(contact) : NULL;
+    cl->tenant = util_asprintf("%.*s", (int)(strchr(key, '\x1f') ? strchr(key, '\x1f') - key : 0), key);
+    cl->version = c->version;
+    cl->done = done;
+    cl->arg = arg;
+    c->loading++;
+    char *k = util_asprintf("%s:state", c->skey);
+    int rc = p->kd->store ? store_hash_getall(p->kd->store, k, on_state_loaded, cl) : -1;
+    free(k);
+    if (rc != 0) {
+        cl->have_contact = 1;
+        conv_load_finish(cl, NULL);
+    }
 }
 
 /* ---- queue entries held by this process ---- */
@@ -455,10 +657,16 @@ static void record_turns(job *j, const char *reply)
     if (!j->conv_key)
         return;
     conv *c = conv_get(j->p, j->conv_key, 1);
+    c->version++;
+    if (strcmp(c->lang, j->language) != 0)
+        conv_state_put(c, "lang", j->language);
     snprintf(c->lang, sizeof c->lang, "%s", j->language);
     conv_add_turn(c, "user", j->text, j->t->history_turns);
-    if (reply && *reply)
+    conv_history_put(c, "user", j->text, j->t->history_turns);
+    if (reply && *reply) {
         conv_add_turn(c, "assistant", reply, j->t->history_turns);
+        conv_history_put(c, "assistant", reply, j->t->history_turns);
+    }
 }
 
 /* This month's spend of T, and whether backend B has cost anything this month. */
@@ -742,6 +950,9 @@ static void start_job(job *j)
                                   t->languages, t->n_languages);
     if (!j->language)
         j->language = t->languages[0];
+    if (j->conv_key)
+        log_debug("pipeline", "%s: conversation %s: language %s, %zu turn(s) of history", t->name, j->conv_id,
+                  j->language, j->n_history);
 
     route_input ri = {.channel = j->channel, .inbox = j->inbox, .language = j->language, .text = j->text};
     j->route = router_match(t->router, &ri, NULL);
@@ -796,13 +1007,22 @@ static job *job_new(pipeline *p, generation *g, tenant *t, const chat_input *in)
     return j;
 }
 
+static void on_chat_conv_ready(conv *c, void *arg)
+{
+    (void)c;
+    start_job(arg);
+}
+
 void pipeline_chat(pipeline *p, generation *g, const chat_input *in, chat_fn done, void *arg)
 {
     tenant *t = gen_tenant(g, in->tenant);
     job *j = job_new(p, g, t, in);
     j->done = done;
     j->arg = arg;
-    start_job(j);
+    if (j->conv_key)
+        conv_load_start(p, j->conv_key, NULL, on_chat_conv_ready, j);
+    else
+        start_job(j);
 }
 
 /* ---- channel messages: guard, ownership, coalescing, delivery ---- */
@@ -1023,14 +1243,23 @@ static koko_instance *tenant_channel(const tenant *t, const char *name)
     return NULL;
 }
 
-static void set_owner(conv *c, owner o, const char *why)
+/* Set the owner of C; PERSIST: write it to the store too (a handoff is
+ * written only once its reply is delivered: a kokod that dies before that
+ * must not leave the retried message to find the conversation with a human). */
+static void set_owner_ex(conv *c, owner o, const char *why, int persist)
 {
+    c->version++;
+    /* written even when the cache agrees: the cache may not have seen another replica's change */
+    if (persist)
+        conv_state_put(c, "owner", owner_names[o]);
     if (c->owner == o)
         return;
     log_info("pipeline", "conversation %s: owner %s → %s (%s)", strrchr(c->key, '\x1f') + 1, owner_names[c->owner],
              owner_names[o], why);
     c->owner = o;
 }
+
+static void set_owner(conv *c, owner o, const char *why) { set_owner_ex(c, o, why, 1); }
 
 /* Forget the messages waiting in C (a human took over): nothing is posted for them. */
 static void conv_drop_pending(conv *c)
@@ -1062,7 +1291,13 @@ static void on_delivered(koko_status st, const char *error, void *arg)
     /* a handoff nobody was told about is no handoff: the retried entry must
      * not find the conversation owned by a human and be dropped unanswered */
     if (st != KOKO_OK && j->handed_off && c && c->owner == OWNER_HUMAN)
-        set_owner(c, OWNER_BOT, "the handoff was not delivered; it is retried");
+        set_owner_ex(c, OWNER_BOT, "the handoff was not delivered; it is retried", 0);
+    if (st == KOKO_OK && j->handed_off && c && c->owner == OWNER_HUMAN)
+        conv_state_put(c, "owner", owner_names[OWNER_HUMAN]);
+    if (j->handed_off && c) {
+        c->handoff_pending = 0;
+        c->version++; /* a load that read the store before this was recorded must not apply */
+    }
     /* the batch is answered (or given up on): take it off the queue */
     if (c && c->running == j) {
         for (size_t i = 0; i < j->batch && c->queue; i++) {
@@ -1134,7 +1369,8 @@ static void deliver_result(job *j, const chat_answer *a)
     }
     if (a->handoff) {
         j->handed_off = 1;
-        set_owner(c, OWNER_HUMAN, a->handoff_reason ? a->handoff_reason : "handoff");
+        set_owner_ex(c, OWNER_HUMAN, a->handoff_reason ? a->handoff_reason : "handoff", 0);
+        c->handoff_pending = 1;
     }
     if (j->typing_ev)
         event_del(j->typing_ev);
@@ -1283,6 +1519,8 @@ typedef struct acceptance {
     char *tenant;
     char *dedup_key;
     char *qid;
+    char *payload; /* kept for the spool when the store is unreachable */
+    int spooled;   /* the message went to the local spool */
     koko_submit_status st;
     char error[256];
 } acceptance;
@@ -1292,6 +1530,7 @@ static void accept_free(acceptance *a)
     free(a->tenant);
     free(a->dedup_key);
     free(a->qid);
+    free(a->payload);
     free(a);
 }
 
@@ -1356,6 +1595,24 @@ static void on_dedup(const store_result *r, void *arg)
 static void on_queued(const store_result *r, void *arg)
 {
     acceptance *a = arg;
+    kokod *kd = a->p->kd;
+    if (r->status == STORE_E_UNAVAILABLE && !a->spooled && kd->spool && !a->p->closing) {
+        a->spooled = 1; /* the store went away under this call: the local spool takes it */
+        if (store_queue_add(kd->spool, a->payload, strlen(a->payload), on_queued, a) == 0)
+            return;
+    }
+    if (r->status == STORE_OK && a->spooled && !a->p->closing) {
+        static int64_t last;
+        if (util_unix_time() - last >= 10) {
+            last = util_unix_time();
+            log_warn("queue", "the state store is unreachable: messages are accepted into the local spool and moved "
+                     "into the store when it is back");
+        }
+        a->qid = xstrdup(r->value);
+        a->st = KOKO_SUBMIT_ACCEPTED; /* de-duplicated when claimed from the store (its dedup key is set then) */
+        accept_answer(a);
+        return;
+    }
     if (r->status != STORE_OK || a->p->closing) {
         a->st = KOKO_SUBMIT_REJECTED;
         snprintf(a->error, sizeof a->error, "the state store did not persist the message: %s",
@@ -1387,9 +1644,10 @@ void pipeline_submit(pipeline *p, koko_instance *channel, const koko_msg *msg, k
         snprintf(a->error, sizeof a->error, "message without msg_id or conversation_id");
     } else {
         a->dedup_key = msg_key(t->name, "dedup", channel->desc->name, msg->msg_id);
-        char *payload = msg_serialise(msg, t->name, channel->desc->name);
-        int rc = store_queue_add(kd->store, payload, strlen(payload), on_queued, a);
-        free(payload);
+        a->payload = msg_serialise(msg, t->name, channel->desc->name);
+        /* the store known to be down: straight into the spool, no timeout to wait for */
+        a->spooled = kd->spool && !store_healthy(kd->store, NULL, 0);
+        int rc = store_queue_add(a->spooled ? kd->spool : kd->store, a->payload, strlen(a->payload), on_queued, a);
         if (rc == 0)
             return;
         snprintf(a->error, sizeof a->error, "the state store refused the message (closing)");
@@ -1408,6 +1666,7 @@ typedef struct claimed {
 static void check_marker(claimed *cl);
 static void on_marker(const store_result *r, void *arg);
 static void on_owner(const store_result *r, void *arg);
+static void on_conv_ready(conv *c, void *arg);
 
 /* Which queue entry answers a message: the one whose id is in its dedup key.
  * A message can be queued twice (a replica died between persisting it and
@@ -1521,6 +1780,28 @@ static void on_marker(const store_result *r, void *arg)
         msgcopy_free(mc);
         return;
     }
+    char *key = conv_key_of(t->name, ch->desc->name, mc->m.conversation_id);
+    conv_load_start(p, key, mc->m.contact_id, on_conv_ready, mc);
+    free(key);
+}
+
+/* The conversation of message ARG is loaded from the store: take the message. */
+static void on_conv_ready(conv *c, void *arg)
+{
+    pipeline *p = c->p;
+    msgcopy *mc = arg;
+    if (p->closing) {
+        msgcopy_free(mc);
+        return;
+    }
+    generation *g = p->kd->current;
+    tenant *t = g ? gen_tenant(g, mc->m.tenant) : NULL;
+    koko_instance *ch = t ? tenant_channel(t, mc->m.channel) : NULL;
+    if (!ch || ch->st == INST_DEAD) {
+        entry_fail(p, mc, "tenant or channel not configured");
+        msgcopy_free(mc);
+        return;
+    }
     take_message(p, t, ch, mc);
 }
 
@@ -1609,6 +1890,87 @@ void pipeline_requeued(pipeline *p, const char *payload, size_t len, const char 
               util_asprintf("dedup key %s of retried entry %s not recorded", k, qid));
     free(k);
     msgcopy_free(mc);
+}
+
+/* ---- the local spool: messages accepted while the store was unreachable ---- */
+
+#define SPOOL_POLL_MS 500
+#define SPOOL_LEASE_MS 10000
+#define SPOOL_BATCH 64
+
+typedef struct spool_move {
+    pipeline *p;
+    char *id;
+} spool_move;
+
+static void spool_at(pipeline *p, int ms)
+{
+    if (!p->spool_ev || p->closing)
+        return;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(p->spool_ev, &tv);
+}
+
+static void on_spool_moved(const store_result *r, void *arg)
+{
+    spool_move *mv = arg;
+    pipeline *p = mv->p;
+    kokod *kd = p->kd;
+    if (r->status == STORE_OK) {
+        /* in the store now: off the spool (a crash before this ack moves it again; its dedup key answers it once) */
+        store_queue_ack(kd->spool, mv->id, on_entry_done, util_asprintf("spool entry %s moved; its removal", mv->id));
+        p->spool_moved++;
+        pump_kick(p);
+    } else if (r->status != STORE_E_CLOSED) {
+        log_warn("queue", "spool entry %s not moved into the store: %s (tried again in %d s)", mv->id,
+                 r->error ? r->error : "store error", SPOOL_LEASE_MS / 1000);
+    }
+    free(mv->id);
+    free(mv);
+    if (--p->spool_moving == 0) {
+        if (p->spool_moved && !p->closing)
+            log_info("queue", "%zu message(s) moved from the local spool into the store", p->spool_moved);
+        p->spool_moved = 0;
+        spool_at(p, p->spool_full ? 0 : SPOOL_POLL_MS);
+    }
+}
+
+static void on_spool_claimed(const store_result *r, void *arg)
+{
+    pipeline *p = arg;
+    kokod *kd = p->kd;
+    if (p->closing || r->status != STORE_OK || r->n_items == 0) {
+        spool_at(p, SPOOL_POLL_MS);
+        return;
+    }
+    p->spool_full = r->n_items >= SPOOL_BATCH;
+    p->spool_moving = 1; /* ours until every move is issued */
+    for (size_t i = 0; i < r->n_items; i++) {
+        spool_move *mv = xcalloc(1, sizeof *mv);
+        mv->p = p;
+        mv->id = xstrdup(r->items[i].name);
+        p->spool_moving++;
+        if (store_queue_add(kd->store, r->items[i].value, r->items[i].value_len, on_spool_moved, mv) != 0) {
+            p->spool_moving--;
+            free(mv->id);
+            free(mv);
+        }
+    }
+    if (--p->spool_moving == 0)
+        spool_at(p, SPOOL_POLL_MS);
+}
+
+static void on_spool_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pipeline *p = arg;
+    kokod *kd = p->kd;
+    if (p->closing || !kd->spool || p->spool_moving)
+        return;
+    if (!store_healthy(kd->store, NULL, 0) ||
+        store_queue_claim(kd->spool, p->consumer, SPOOL_LEASE_MS, SPOOL_BATCH, on_spool_claimed, p) != 0)
+        spool_at(p, SPOOL_POLL_MS);
 }
 
 /* ---- lease renewal: a slow answer must not hand its message to a second consumer ---- */
@@ -1785,6 +2147,7 @@ pipeline *pipeline_new(kokod *kd)
     snprintf(p->consumer, sizeof p->consumer, "%s:%ld:%llu", host, (long)getpid(), (unsigned long long)util_now_ms());
     p->pump_ev = evtimer_new(kd->base, on_pump, p);
     p->renew_ev = evtimer_new(kd->base, on_renew, p);
+    p->spool_ev = evtimer_new(kd->base, on_spool_tick, p);
     return p;
 }
 
@@ -1793,6 +2156,8 @@ void pipeline_start(pipeline *p)
     log_info("queue", "consumer %s: processing the inbound queue (unfinished entries first)", p->consumer);
     pump_at(p, 0);
     renew_at(p);
+    if (p->kd->spool)
+        spool_at(p, 0);
 }
 
 void pipeline_stop(pipeline *p)
@@ -1807,6 +2172,10 @@ void pipeline_stop(pipeline *p)
     if (p->renew_ev) {
         event_free(p->renew_ev);
         p->renew_ev = NULL;
+    }
+    if (p->spool_ev) {
+        event_free(p->spool_ev);
+        p->spool_ev = NULL;
     }
 }
 
