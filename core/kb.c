@@ -1115,6 +1115,20 @@ static int is_abbrev(const char *t, size_t end)
     return 0;
 }
 
+/* A lower-case letter comes next on the same line: "Röppentyű utca 12. is open",
+ * "I–XXIII. kerület", "3. emelet" — a period inside a sentence, not its end. */
+static int lower_follows(const char *t, size_t n, size_t i)
+{
+    while (i < n && t[i] == ' ')
+        i++;
+    if (i >= n || t[i] == '\n')
+        return 0;
+    size_t adv;
+    uint32_t cp = text_utf8_decode(t + i, n - i, &adv);
+    /* a letter that folding leaves alone is already lower-case */
+    return cp != TEXT_BAD_CP && text_is_word_cp(cp) && !(cp >= '0' && cp <= '9') && text_fold_cp(cp) == cp;
+}
+
 /* Splits text into sentences at line breaks and at . ! ? followed by a blank. */
 static size_t split_sentences(const char *t, size_t n, span *sp, size_t max)
 {
@@ -1126,7 +1140,7 @@ static size_t split_sentences(const char *t, size_t n, span *sp, size_t max)
             cut = 1;
             e = i;
         } else if (strchr(".!?", t[i]) && (i + 1 == n || t[i + 1] == ' ' || t[i + 1] == '\n') &&
-                   !(t[i] == '.' && is_abbrev(t, i))) {
+                   !(t[i] == '.' && (is_abbrev(t, i) || lower_follows(t, n, i + 1)))) {
             cut = 1;
         }
         if (cut || i + 1 == n) {

@@ -131,7 +131,7 @@ void server_respond(koko_request *r, int status, const char *json_body)
 
 void server_respond_json(koko_request *r, int status, json_t *doc)
 {
-    char *s = json_dumps(doc, JSON_COMPACT);
+    char *s = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(10));
     json_decref(doc);
     server_respond(r, status, s ? s : "{}");
     free(s);
