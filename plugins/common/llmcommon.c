@@ -21,6 +21,48 @@
 
 #include <curl/curl.h>
 
+void llm_answer(const koko_llm_request *req, const llm_outcome *o, koko_llm_fn done, void *arg)
+{
+    int ok = o->st == KOKO_OK;
+    int handoff = o->called_handoff;
+    double conf = -1;
+    char *reason = NULL;
+    if (ok) {
+        conf = llm_confidence(o->finish, o->refused, !o->text || !*o->text, o->called_handoff, &handoff);
+        if (handoff && !o->handoff_reason)
+            reason = o->refused ? llm_strdup("the model could not answer (it refused)")
+                                : llm_asprintf("the model could not answer (finish reason %s%s)",
+                                               o->finish ? o->finish : "none", o->text && *o->text ? "" : ", no text");
+    }
+    size_t *cited = NULL, n_cited = 0;
+    if (ok && !o->whole_kb && req->n_chunks) {
+        cited = calloc(req->n_chunks, sizeof *cited);
+        if (cited)
+            for (; n_cited < req->n_chunks; n_cited++)
+                cited[n_cited] = n_cited;
+    }
+    koko_llm_result res = {
+        .size = sizeof res,
+        .status = o->st,
+        .error = ok ? NULL : o->error,
+        .text = ok ? (o->text ? o->text : "") : NULL,
+        .handoff = ok ? handoff : 0,
+        .handoff_reason = ok && handoff ? (reason ? reason : o->handoff_reason) : NULL,
+        .confidence = conf,
+        .model = o->model,
+        .tokens_in = o->in,
+        .tokens_cached = o->cached,
+        .tokens_out = o->out,
+        .cited = cited,
+        .n_cited = n_cited,
+        .cost_usd = o->cost_usd,
+        .cache_hit = o->cached > 0,
+    };
+    done(&res, arg);
+    free(cited);
+    free(reason);
+}
+
 /* ---- small helpers ---- */
 
 char *llm_strdup(const char *s)

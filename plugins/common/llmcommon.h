@@ -184,6 +184,26 @@ char *llm_chunks_text(const koko_llm_request *req);
  */
 double llm_confidence(const char *finish, int refused, int empty, int called_handoff, int *handoff);
 
+/* What one generate() produced; everything borrowed for the llm_answer call. */
+typedef struct llm_outcome {
+    koko_status st;
+    const char *error;          /* why, when st != KOKO_OK */
+    const char *text;           /* the model's answer */
+    const char *finish;         /* finishReason / finish_reason, may be NULL */
+    int refused;                /* the model refused (OpenAI's refusal) */
+    int called_handoff;         /* the model called handoff_to_human */
+    const char *handoff_reason; /* the reason it gave, may be NULL */
+    const char *model;
+    uint64_t in, cached, out;   /* tokens */
+    double cost_usd;
+    int whole_kb;               /* the knowledge went whole: no chunk is cited */
+} llm_outcome;
+
+/* Answer the core with O for REQ: confidence and handoff from the model's
+ * signals (llm_confidence), the cited chunks (all of them, unless the whole
+ * knowledge base was sent), and DONE(result, ARG), now. */
+void llm_answer(const koko_llm_request *req, const llm_outcome *o, koko_llm_fn done, void *arg);
+
 /* ---- small helpers ---- */
 
 char *llm_strdup(const char *s);

@@ -280,13 +280,6 @@ static void gen_finish(gen *g, koko_status st, const char *error)
 {
     gemini *gm = g->gm;
     const koko_llm_request *req = g->req;
-    int handoff = g->called_handoff;
-    double conf = -1;
-    if (st == KOKO_OK)
-        conf = llm_confidence(g->finish, 0, !g->text || !*g->text, g->called_handoff, &handoff);
-    if (st == KOKO_OK && handoff && !g->handoff_reason)
-        g->handoff_reason = llm_asprintf("the model could not answer (finish reason %s%s)",
-                                         g->finish ? g->finish : "none", g->text && *g->text ? "" : ", no text");
     double cost = llm_cost(&gm->price, g->in, g->cached, g->out);
     if (st == KOKO_OK) { /* cache storage bought since the last answer is charged to this one */
         cost += gm->unbilled_storage_usd;
@@ -294,34 +287,11 @@ static void gen_finish(gen *g, koko_status st, const char *error)
     }
     if (g->cached)
         cache_account(gm, req->context_hash, g->cached);
-    size_t *cited = NULL;
-    size_t n_cited = 0;
-    if (st == KOKO_OK && !g->whole_kb && req->n_chunks) {
-        cited = calloc(req->n_chunks, sizeof *cited);
-        if (cited)
-            for (; n_cited < req->n_chunks; n_cited++)
-                cited[n_cited] = n_cited;
-    }
-    koko_llm_result res = {
-        .size = sizeof res,
-        .status = st,
-        .error = st == KOKO_OK ? NULL : error,
-        .text = st == KOKO_OK ? (g->text ? g->text : "") : NULL,
-        .handoff = st == KOKO_OK ? handoff : 0,
-        .handoff_reason = st == KOKO_OK && handoff ? g->handoff_reason : NULL,
-        .confidence = conf,
-        .model = gm->model,
-        .tokens_in = g->in,
-        .tokens_cached = g->cached,
-        .tokens_out = g->out,
-        .cited = cited,
-        .n_cited = n_cited,
-        .cost_usd = cost,
-        .cache_hit = g->cached > 0,
-    };
+    llm_outcome o = {.st = st, .error = error, .text = g->text, .finish = g->finish,
+                     .called_handoff = g->called_handoff, .handoff_reason = g->handoff_reason, .model = gm->model,
+                     .in = g->in, .cached = g->cached, .out = g->out, .cost_usd = cost, .whole_kb = g->whole_kb};
     gen_unlink(g);
-    g->done(&res, g->arg);
-    free(cited);
+    llm_answer(req, &o, g->done, g->arg);
     gen_free(g);
     check_drained(gm);
 }

@@ -227,47 +227,17 @@ static void openai_destroy(void *state)
 static void gen_finish(ogen *g, koko_status st, const char *error)
 {
     openai *oa = g->oa;
-    const koko_llm_request *req = g->req;
-    int handoff = g->called_handoff;
-    double conf = -1;
-    if (st == KOKO_OK)
-        conf = llm_confidence(g->finish, g->refused, !g->text || !*g->text, g->called_handoff, &handoff);
-    if (st == KOKO_OK && handoff && !g->handoff_reason)
-        g->handoff_reason = llm_asprintf("the model could not answer (%s)",
-                                         g->refused ? "it refused" : g->finish ? g->finish : "no text");
-    size_t *cited = NULL;
-    size_t n_cited = 0;
-    if (st == KOKO_OK && !g->whole_kb && req->n_chunks) {
-        cited = calloc(req->n_chunks, sizeof *cited);
-        if (cited)
-            for (; n_cited < req->n_chunks; n_cited++)
-                cited[n_cited] = n_cited;
-    }
-    koko_llm_result res = {
-        .size = sizeof res,
-        .status = st,
-        .error = st == KOKO_OK ? NULL : error,
-        .text = st == KOKO_OK ? (g->text ? g->text : "") : NULL,
-        .handoff = st == KOKO_OK ? handoff : 0,
-        .handoff_reason = st == KOKO_OK && handoff ? g->handoff_reason : NULL,
-        .confidence = conf,
-        .model = oa->model,
-        .tokens_in = g->in,
-        .tokens_cached = g->cached,
-        .tokens_out = g->out,
-        .cited = cited,
-        .n_cited = n_cited,
-        .cost_usd = llm_cost(&oa->price, g->in, g->cached, g->out),
-        .cache_hit = g->cached > 0,
-    };
+    llm_outcome o = {.st = st, .error = error, .text = g->text, .finish = g->finish, .refused = g->refused,
+                     .called_handoff = g->called_handoff, .handoff_reason = g->handoff_reason, .model = oa->model,
+                     .in = g->in, .cached = g->cached, .out = g->out,
+                     .cost_usd = llm_cost(&oa->price, g->in, g->cached, g->out), .whole_kb = g->whole_kb};
     if (g->prev)
         g->prev->next = g->next;
     else
         oa->gens = g->next;
     if (g->next)
         g->next->prev = g->prev;
-    g->done(&res, g->arg);
-    free(cited);
+    llm_answer(g->req, &o, g->done, g->arg);
     ogen_free(g);
     check_drained(oa);
 }
