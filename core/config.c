@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "config.h"
+#include "log.h"
 #include "memory.h"
 #include "router.h"
 #include "schema.h"
@@ -340,7 +341,11 @@ static void load_tenant(core_config *c, loader *ld, diag *d, tenant_cfg *t, cons
         if (check_dir(c, d, p, t->memory) == 0) {
             char *full = util_path_join(c->base_dir, t->memory);
             json_t *persona = NULL, *decisions = NULL;
-            memory_load(full, &persona, &decisions, d);
+            diag *warn = diag_new();
+            memory_load(full, (const char *const *)t->languages, t->n_languages, &persona, &decisions, d, warn);
+            for (size_t i = 0; i < diag_count(warn); i++)
+                log_warn("config", "%s", diag_get(warn, i));
+            diag_free(warn);
             json_decref(persona);
             json_decref(decisions);
             free(full);

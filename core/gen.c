@@ -154,7 +154,8 @@ static int build_tenant(kokod *kd, generation *g, const generation *old, tenant 
 
     if (tc->memory) {
         char *dir = util_path_join(c->base_dir, tc->memory);
-        memory_load(dir, &t->persona, &t->decisions, d);
+        /* config_load checked the files and logged their warnings */
+        memory_load(dir, t->languages, t->n_languages, &t->persona, &t->decisions, d, NULL);
         free(dir);
     } else {
         t->persona = json_object();

@@ -70,6 +70,7 @@ typedef struct {
     json_t *anchor_index; /* name -> index of its latest definition in anchors */
     size_t nodes, bytes;
     size_t aliases; /* aliases expanded so far */
+    int json;       /* cfgdoc_parse_json: no ${} expansion, a list may be the top level */
 } yparse;
 
 /* ---- small string buffer ---- */
@@ -545,7 +546,9 @@ static int yp_scalar(yparse *y, yaml_event_t *ev, int kline, int kcol, json_t **
     }
     strbuf text = {0};
     int expanded = 0;
-    if (yp_expand(y, raw, rawlen, line, col, &text, &expanded) > 0) {
+    if (y->json)
+        sb_putn(&text, raw, rawlen); /* JSON strings are taken as written */
+    else if (yp_expand(y, raw, rawlen, line, col, &text, &expanded) > 0) {
         free(text.s);
         *out = json_null();
         return 0;
@@ -976,7 +979,7 @@ static void yp_stream(yparse *y)
         diag_add(y->d, y->doc->file, 0, 0, NULL, "empty configuration");
         return;
     }
-    if (!json_is_object(root)) {
+    if (!json_is_object(root) && !(y->json && json_is_array(root))) {
         cfgloc *l = &y->doc->locs[0];
         diag_add(y->d, y->doc->file, l->line, l->col, NULL,
                  "the configuration must be a mapping of keys to values at the top level, not %s",
@@ -994,7 +997,7 @@ static void yp_stream(yparse *y)
     yaml_event_delete(&ev);
 }
 
-cfgdoc *cfgdoc_parse_string(const char *name, const char *text, size_t len, diag *d)
+static cfgdoc *yp_parse(const char *name, const char *text, size_t len, int json, diag *d)
 {
     if (!name)
         name = "<string>";
@@ -1009,6 +1012,7 @@ cfgdoc *cfgdoc_parse_string(const char *name, const char *text, size_t len, diag
     y.d = d;
     y.text = text;
     y.len = len;
+    y.json = json;
     y.doc = calloc(1, sizeof *y.doc);
     if (!y.doc || !(y.doc->file = strdup(name))) {
         free(y.doc);
@@ -1031,13 +1035,63 @@ cfgdoc *cfgdoc_parse_string(const char *name, const char *text, size_t len, diag
     free(y.anchors);
     json_decref(y.anchor_index);
     free(y.path.s);
-    if (diag_count(d) != errors0 || !json_is_object(y.doc->root)) {
+    int root_ok = json_is_object(y.doc->root) || (json && json_is_array(y.doc->root));
+    if (diag_count(d) != errors0 || !root_ok) {
         if (diag_count(d) == errors0)
             diag_add(d, name, 0, 0, NULL, "out of memory while reading the configuration");
         cfgdoc_free(y.doc);
         return NULL;
     }
     return y.doc;
+}
+
+cfgdoc *cfgdoc_parse_string(const char *name, const char *text, size_t len, diag *d)
+{
+    return yp_parse(name, text, len, 0, d);
+}
+
+/*
+ * JSON text libyaml would refuse: a \u escape of a UTF-16 surrogate half
+ * (YAML wants the code point itself) and tabs between tokens (YAML takes a
+ * tab at the start of a line for indentation; valid JSON has no raw tab
+ * inside a string). Both become text of the same width, so every position
+ * stays where the JSON parser saw it. A malloc'd copy, or NULL when out of
+ * memory.
+ */
+static char *yp_json_compat(const char *text, size_t len)
+{
+    char *s = malloc(len + 1);
+    if (!s)
+        return NULL;
+    memcpy(s, text, len);
+    s[len] = '\0';
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '\t') {
+            s[i] = ' ';
+        } else if (s[i] == '"') {
+            in_string = !in_string;
+        } else if (in_string && s[i] == '\\' && i + 1 < len) {
+            /* \uD800-\uDFFF: U+FFFD, the replacement character, instead */
+            if (s[i + 1] == 'u' && i + 5 < len && (s[i + 2] == 'd' || s[i + 2] == 'D') && s[i + 3] &&
+                strchr("89abcdefABCDEF", s[i + 3]))
+                memcpy(s + i + 2, "fffd", 4);
+            i++;
+        }
+    }
+    return s;
+}
+
+cfgdoc *cfgdoc_parse_json(const char *name, const char *text, size_t len, diag *d)
+{
+    char *compat = yp_json_compat(text ? text : "", text ? len : 0);
+    if (!compat) {
+        diag_add(d, name ? name : "<string>", 0, 0, NULL, "out of memory while reading the configuration");
+        return NULL;
+    }
+    cfgdoc *doc = yp_parse(name, compat, text ? len : 0, 1, d);
+    free(compat);
+    return doc;
 }
 
 cfgdoc *cfgdoc_parse_file(const char *path, diag *d)

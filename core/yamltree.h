@@ -56,7 +56,18 @@ cfgdoc *cfgdoc_parse_file(const char *path, diag *d);
  */
 cfgdoc *cfgdoc_parse_string(const char *name, const char *text, size_t len, diag *d);
 
-/* The root object, borrowed: it lives as long as doc. Always a JSON object. */
+/*
+ * Parses JSON text, which is YAML 1.2 flow syntax, for the positions of its
+ * nodes, so a JSON file's validator can report "FILE:LINE:COL: path: ...".
+ * Meant for text a JSON parser (jansson) has already accepted, from which the
+ * caller takes the values: the top level may be a mapping or a list, ${} is
+ * not expanded, and a \u escape of a UTF-16 surrogate half (which libyaml
+ * refuses) reads as U+FFFD. Same result and ownership as cfgdoc_parse_string.
+ */
+cfgdoc *cfgdoc_parse_json(const char *name, const char *text, size_t len, diag *d);
+
+/* The root, borrowed: it lives as long as doc. Always a JSON object, except
+ * from cfgdoc_parse_json, where it may be an array. */
 json_t *cfgdoc_root(const cfgdoc *doc);
 
 /* The file name messages use, borrowed. */
