@@ -33,8 +33,8 @@
  * Always sets *PERSONA and *DECISIONS (new references the caller owns; {} and
  * [] when absent or broken). Returns the number of errors added to D.
  */
-int memory_load(const char *dir, const char *const *langs, size_t nlangs, json_t **persona, json_t **decisions,
-                diag *d, diag *warnings);
+int memory_load(const char *dir, const char *const *langs, size_t nlangs, json_t **persona, json_t **decisions, diag *d,
+                diag *warnings);
 
 /*
  * Load and check one identity.json-shaped file at PATH (a route's persona),
