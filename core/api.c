@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 
 #include "api.h"
 #include "kokod.h"
@@ -158,34 +160,85 @@ void api_projects(kokod *kd, koko_request *r)
 
 static double counter(const json_t *t, const char *k) { return json_number_value(json_object_get(t, k)); }
 
+/* /stats's entry for one tenant from its counters C (borrowed). */
+static json_t *stats_tenant(json_t *c)
+{
+    double tq = counter(c, "queries"), ttok = counter(c, "tokens_in") + counter(c, "tokens_out");
+    return json_pack("{s:I,s:I,s:f,s:f,s:f,s:O}", "total_queries", (json_int_t)tq, "total_tokens", (json_int_t)ttok,
+                     "estimated_cost_usd", counter(c, "cost_usd"), "cache_hit_rate",
+                     counter(c, "tokens_in") > 0 ? counter(c, "tokens_cached") / counter(c, "tokens_in") : 0.0,
+                     "avg_response_time_ms", tq > 0 ? counter(c, "latency_ms_sum") / tq : 0.0, "counters", c);
+}
+
+typedef struct stats_q {
+    koko_request *r;
+    json_t *doc;
+} stats_q;
+
+/* The daily series arrived: each tenant's entry gets its "daily" array, then /stats is answered. */
+static void stats_daily_done(const json_t *daily, const char *error, void *arg)
+{
+    stats_q *sq = arg;
+    json_t *tenants = json_object_get(sq->doc, "tenants");
+    const char *name;
+    json_t *series;
+    json_object_foreach((json_t *)daily, name, series)
+    {
+        json_t *t = json_object_get(tenants, name);
+        if (!t) { /* a tenant with nothing counted since the start: zeros */
+            json_t *none = json_object();
+            t = stats_tenant(none);
+            json_decref(none);
+            json_object_set_new(tenants, name, t);
+        }
+        json_object_set(t, "daily", series);
+    }
+    if (error)
+        json_object_set_new(sq->doc, "daily_error", json_string(error));
+    server_respond_json(sq->r, 200, sq->doc);
+    free(sq);
+}
+
+/* GET /stats[?days=N]: the totals (in memory) and, per tenant, the last N days (default 7,
+ * at most 90) read back from the store; answered from the store's callback. */
 void api_stats(kokod *kd, koko_request *r)
 {
+    int days = 7;
+    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(r->req));
+    if (query) {
+        struct evkeyvalq params;
+        const char *v = evhttp_parse_query_str(query, &params) == 0 ? evhttp_find_header(&params, "days") : NULL;
+        char *end = NULL;
+        long n = v ? strtol(v, &end, 10) : days;
+        int bad = v && (!*v || *end || n < 1 || n > KOKOD_DAILY_MAX);
+        if (bad)
+            server_respond_error(r, 400, "days=%s: give a whole number of days from 1 to %d (/stats?days=30)", v,
+                                 KOKOD_DAILY_MAX);
+        evhttp_clear_headers(&params);
+        if (bad)
+            return;
+        days = (int)n;
+    }
     json_t *tenants = json_object();
     double q = 0, tok = 0, cached = 0, tin = 0, lat = 0, cost = 0;
     const char *name;
     json_t *c;
     json_object_foreach(kd->stats, name, c)
     {
-        double tq = counter(c, "queries"), ttok = counter(c, "tokens_in") + counter(c, "tokens_out");
-        double tcost = counter(c, "cost_usd");
-        json_object_set_new(tenants, name,
-                            json_pack("{s:I,s:I,s:f,s:f,s:f,s:O}", "total_queries", (json_int_t)tq, "total_tokens",
-                                      (json_int_t)ttok, "estimated_cost_usd", tcost, "cache_hit_rate",
-                                      counter(c, "tokens_in") > 0 ? counter(c, "tokens_cached") / counter(c, "tokens_in") : 0.0,
-                                      "avg_response_time_ms", tq > 0 ? counter(c, "latency_ms_sum") / tq : 0.0,
-                                      "counters", c));
-        q += tq;
-        tok += ttok;
+        json_object_set_new(tenants, name, stats_tenant(c));
+        q += counter(c, "queries");
+        tok += counter(c, "tokens_in") + counter(c, "tokens_out");
         cached += counter(c, "tokens_cached");
         tin += counter(c, "tokens_in");
         lat += counter(c, "latency_ms_sum");
-        cost += tcost;
+        cost += counter(c, "cost_usd");
     }
-    server_respond_json(r, 200,
-                        json_pack("{s:I,s:I,s:f,s:f,s:f,s:o}", "total_queries", (json_int_t)q, "total_tokens",
-                                  (json_int_t)tok, "estimated_cost_usd", cost, "cache_hit_rate",
-                                  tin > 0 ? cached / tin : 0.0, "avg_response_time_ms", q > 0 ? lat / q : 0.0,
-                                  "tenants", tenants));
+    stats_q *sq = xcalloc(1, sizeof *sq);
+    sq->r = r;
+    sq->doc = json_pack("{s:I,s:I,s:f,s:f,s:f,s:i,s:o}", "total_queries", (json_int_t)q, "total_tokens",
+                        (json_int_t)tok, "estimated_cost_usd", cost, "cache_hit_rate", tin > 0 ? cached / tin : 0.0,
+                        "avg_response_time_ms", q > 0 ? lat / q : 0.0, "days", days, "tenants", tenants);
+    kokod_stats_daily(kd, NULL, days, stats_daily_done, sq);
 }
 
 void api_metrics(kokod *kd, koko_request *r)

@@ -144,10 +144,55 @@ static void cmd_chat(kokod *kd, ctl_req *q, const json_t *args)
     pipeline_chat(kd->pipe, kd->current, &in, chat_done, q);
 }
 
+typedef struct stats_q {
+    ctl_req *q;
+    json_t *counters; /* the totals, for the tenants asked for */
+    int days;
+} stats_q;
+
+static void stats_daily_done(const json_t *daily, const char *error, void *arg)
+{
+    stats_q *sq = arg;
+    json_t *tenants = json_object();
+    const char *name;
+    json_t *series;
+    json_object_foreach((json_t *)daily, name, series)
+    {
+        json_t *c = json_object_get(sq->counters, name);
+        json_object_set_new(tenants, name, json_pack("{s:o,s:O}", "counters", c ? json_incref(c) : json_object(), "daily", series));
+    }
+    json_t *doc = json_pack("{s:i,s:o}", "days", sq->days, "tenants", tenants);
+    if (error)
+        json_object_set_new(doc, "error", json_string(error));
+    control_ok(sq->q, doc);
+    json_decref(sq->counters);
+    free(sq);
+}
+
+/* stats: the totals per tenant ({tenant: counters}); with "days" or "tenant" in ARGS,
+ * {"days", "tenants": {tenant: {"counters", "daily"}}} with the daily series from the store. */
 static void cmd_stats(kokod *kd, ctl_req *q, const json_t *args)
 {
-    (void)args;
-    control_ok(q, json_deep_copy(kd->stats));
+    const json_t *jd = json_object_get(args, "days");
+    const json_t *jt = json_object_get(args, "tenant");
+    if (!jd && !jt) {
+        control_ok(q, json_deep_copy(kd->stats));
+        return;
+    }
+    if (jd && (!json_is_integer(jd) || json_integer_value(jd) < 1 || json_integer_value(jd) > KOKOD_DAILY_MAX)) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "days must be a whole number from 1 to %d", KOKOD_DAILY_MAX);
+        control_fail(q, msg, NULL);
+        return;
+    }
+    const tenant *t = jt ? need_tenant(kd, q, args) : NULL;
+    if (jt && !t)
+        return;
+    stats_q *sq = xcalloc(1, sizeof *sq);
+    sq->q = q;
+    sq->days = jd ? (int)json_integer_value(jd) : 7;
+    sq->counters = json_deep_copy(kd->stats);
+    kokod_stats_daily(kd, t ? t->name : NULL, sq->days, stats_daily_done, sq);
 }
 
 static void cmd_cache(kokod *kd, ctl_req *q, const json_t *args)

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -94,6 +95,8 @@ kokod *kokod_new(const char *config_path, const char *const *extra, size_t nextr
     kd->started_at = util_unix_time();
     kd->started_ms = util_now_ms();
     kd->stats = json_object();
+    kd->depth_pending = kd->depth_dead = -1;
+    kd->depth_spool = 0; /* no spool without Redis */
     kd->next_gen = 1;
     pthread_mutex_init(&kd->post_lock, NULL);
     kd->base = event_base_new();
@@ -332,9 +335,227 @@ static void on_stat_written(const store_result *r, void *arg)
     }
 }
 
+/* ---- the daily series: {T}:stats:day:{YYYY-MM-DD}:{counter} ---- */
+
+#define STATS_DAY_TTL_MS (90LL * 86400 * 1000)
+
+/* UNIX_S's UTC date as YYYY-MM-DD. */
+static void utc_date(int64_t unix_s, char out[11])
+{
+    time_t t = (time_t)unix_s;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, 11, "%Y-%m-%d", &tm);
+}
+
+typedef struct daily_read {
+    kokod_daily_fn done;
+    void *arg;
+    store *st;
+    int pending;     /* store calls not called back yet, +1 until issuing is over */
+    int days;
+    char (*dates)[11]; /* oldest first */
+    json_t *out;
+    char *error;     /* the first failure */
+} daily_read;
+
+typedef struct daily_tenant {
+    daily_read *dr;
+    char *tenant;
+    const char *key; /* the same name, owned by dr->out */
+    json_t *series; /* borrowed from dr->out */
+} daily_tenant;
+
+typedef struct daily_get {
+    daily_read *dr;
+    json_t *day;      /* borrowed from dr->out */
+    const char *tname; /* borrowed from dr->out's keys */
+    char *counter;
+} daily_get;
+
+static void daily_unref(daily_read *dr)
+{
+    if (--dr->pending > 0)
+        return;
+    dr->done(dr->out, dr->error, dr->arg);
+    json_decref(dr->out);
+    free(dr->error);
+    free(dr->dates);
+    free(dr);
+}
+
+static void daily_failed(daily_read *dr, const char *tname, const store_result *r)
+{
+    if (!dr->error)
+        dr->error = util_asprintf("the daily series of tenant %s was not read from the store: %s", tname,
+                                  r->error ? r->error : "store error");
+}
+
+static void on_daily_value(const store_result *r, void *arg)
+{
+    daily_get *dg = arg;
+    if (r->status == STORE_OK && r->found) {
+        char *end = NULL;
+        double v = strtod(r->value, &end);
+        if (end && end != r->value)
+            json_object_set_new(dg->day, dg->counter, json_real(v));
+    } else if (r->status != STORE_OK) {
+        daily_failed(dg->dr, dg->tname, r);
+    }
+    daily_read *dr = dg->dr;
+    free(dg->counter);
+    free(dg);
+    daily_unref(dr);
+}
+
+static void on_daily_scanned(const store_result *r, void *arg)
+{
+    daily_tenant *dt = arg;
+    daily_read *dr = dt->dr;
+    if (r->status == STORE_OK) {
+        size_t plen = strlen(dt->tenant) + strlen(":stats:day:");
+        for (size_t i = 0; i < r->n_items; i++) {
+            const char *rest = r->items[i].name + plen; /* YYYY-MM-DD:counter */
+            if (strlen(rest) < 12 || rest[10] != ':')
+                continue;
+            int d = 0;
+            while (d < dr->days && strncmp(dr->dates[d], rest, 10) != 0)
+                d++;
+            if (d == dr->days)
+                continue; /* outside the window asked for */
+            daily_get *dg = xcalloc(1, sizeof *dg);
+            dg->dr = dr;
+            dg->day = json_array_get(dt->series, (size_t)d);
+            dg->tname = dt->key;
+            dg->counter = stats_name(rest, 11);
+            dr->pending++;
+            if (store_get(dr->st, r->items[i].name, on_daily_value, dg) != 0) {
+                dr->pending--;
+                free(dg->counter);
+                free(dg);
+            }
+        }
+    } else {
+        daily_failed(dr, dt->tenant, r);
+    }
+    free(dt->tenant);
+    free(dt);
+    daily_unref(dr);
+}
+
+/* Drops the reference held while issuing: DONE never runs inside kokod_stats_daily(). */
+static void daily_issued(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    daily_unref(arg);
+}
+
+void kokod_stats_daily(kokod *kd, const char *tenant_name, int days, kokod_daily_fn done, void *arg)
+{
+    daily_read *dr = xcalloc(1, sizeof *dr);
+    dr->done = done;
+    dr->arg = arg;
+    dr->st = kd->store;
+    dr->pending = 1;
+    dr->days = days < 1 ? 1 : days > KOKOD_DAILY_MAX ? KOKOD_DAILY_MAX : days;
+    dr->dates = xcalloc((size_t)dr->days, sizeof *dr->dates);
+    int64_t now = util_unix_time();
+    for (int d = 0; d < dr->days; d++)
+        utc_date(now - (int64_t)(dr->days - 1 - d) * 86400, dr->dates[d]);
+    dr->out = json_object();
+    const generation *g = kd->current;
+    for (size_t i = 0; g && i < g->n_tenants; i++) {
+        const char *name = g->tenants[i].name;
+        if (tenant_name && strcmp(tenant_name, name) != 0)
+            continue;
+        json_t *series = json_array();
+        for (int d = 0; d < dr->days; d++)
+            json_array_append_new(series, json_pack("{s:s}", "date", dr->dates[d]));
+        json_object_set_new(dr->out, name, series);
+        if (!kd->store)
+            continue;
+        daily_tenant *dt = xcalloc(1, sizeof *dt);
+        dt->dr = dr;
+        dt->tenant = xstrdup(name);
+        dt->series = series;
+        dt->key = json_object_iter_key(json_object_iter_at(dr->out, name));
+        char *prefix = util_asprintf("%s:stats:day:", name);
+        dr->pending++;
+        if (store_scan_prefix(kd->store, prefix, on_daily_scanned, dt) != 0) {
+            dr->pending--;
+            free(dt->tenant);
+            free(dt);
+            if (!dr->error)
+                dr->error = xstrdup("the state store is closing");
+        }
+        free(prefix);
+    }
+    if (!kd->store && !dr->error)
+        dr->error = xstrdup("no state store is open");
+    struct timeval now_tv = {0, 0};
+    if (event_base_once(kd->base, -1, EV_TIMEOUT, daily_issued, dr, &now_tv) != 0)
+        daily_unref(dr); /* out of memory only: answering now beats never */
+}
+
+/* ---- queue depths: read by a timer, served from memory ---- */
+
+#define DEPTH_REFRESH_MS 1000
+
+static void on_depth_pending(const store_result *r, void *arg)
+{
+    kokod *kd = arg;
+    if (r->status == STORE_OK) {
+        kd->depth_pending = r->integer;
+        kd->depth_ms = util_now_ms();
+    }
+    kd->depth_reading--;
+}
+
+static void on_depth_dead(const store_result *r, void *arg)
+{
+    kokod *kd = arg;
+    if (r->status == STORE_OK)
+        kd->depth_dead = r->integer;
+    kd->depth_reading--;
+}
+
+static void on_depth_spool(const store_result *r, void *arg)
+{
+    kokod *kd = arg;
+    if (r->status == STORE_OK)
+        kd->depth_spool = r->integer;
+    kd->depth_reading--;
+}
+
+static void depth_refresh(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    kokod *kd = arg;
+    if (kd->depth_reading > 0)
+        return; /* a slow store: the last round is still out */
+    if (kd->store) {
+        kd->depth_reading += 2;
+        if (store_queue_pending(kd->store, on_depth_pending, kd) != 0)
+            kd->depth_reading--;
+        if (store_queue_dead(kd->store, 1, on_depth_dead, kd) != 0)
+            kd->depth_reading--;
+    }
+    if (kd->spool) {
+        kd->depth_reading++;
+        if (store_queue_pending(kd->spool, on_depth_spool, kd) != 0)
+            kd->depth_reading--;
+    }
+}
+
 int kokod_listen(kokod *kd, char *err, size_t errlen)
 {
     stats_load_all(kd);
+    kd->depth_ev = event_new(kd->base, -1, EV_PERSIST, depth_refresh, kd);
+    struct timeval depth_tv = {DEPTH_REFRESH_MS / 1000, (DEPTH_REFRESH_MS % 1000) * 1000};
+    event_add(kd->depth_ev, &depth_tv);
+    depth_refresh(-1, 0, kd);
     const core_config *c = kd->current->cfg;
     kd->srv = server_new(kd, c->listen_host, c->listen_port, err, errlen);
     if (!kd->srv)
@@ -478,6 +699,8 @@ void kokod_free(kokod *kd)
     }
     if (kd->stop_ev)
         event_free(kd->stop_ev);
+    if (kd->depth_ev)
+        event_free(kd->depth_ev);
     if (kd->base)
         event_base_free(kd->base);
     pthread_mutex_destroy(&kd->post_lock);
@@ -506,6 +729,11 @@ void kokod_count(kokod *kd, const char *tenant_name, const char *counter, double
         char *k = util_asprintf("%s:stats:%s", tenant_name, part);
         store_incr_float(kd->store, k, delta, 0, on_stat_written, NULL);
         free(k);
+        char date[11];
+        utc_date(util_unix_time(), date);
+        k = util_asprintf("%s:stats:day:%s:%s", tenant_name, date, part);
+        store_incr_float(kd->store, k, delta, STATS_DAY_TTL_MS, on_stat_written, NULL);
+        free(k);
         free(part);
     }
 }
@@ -530,8 +758,11 @@ static json_t *store_json(const kokod *kd)
 {
     char why[512];
     int ok = kokod_store_healthy(kd, why, sizeof why);
-    return json_pack("{s:s,s:b,s:s,s:I}", "backend", kd->store ? store_backend(kd->store) : "none", "healthy", ok,
-                     "reason", why, "pending_ops", (json_int_t)(kd->store ? store_pending(kd->store) : 0));
+    return json_pack("{s:s,s:b,s:s,s:I,s:{s:I,s:I,s:I,s:I}}", "backend", kd->store ? store_backend(kd->store) : "none",
+                     "healthy", ok, "reason", why, "pending_ops", (json_int_t)(kd->store ? store_pending(kd->store) : 0),
+                     "queue", "pending", (json_int_t)kd->depth_pending, "dead", (json_int_t)kd->depth_dead, "spool",
+                     (json_int_t)kd->depth_spool, "age_ms",
+                     kd->depth_ms ? (json_int_t)(util_now_ms() - kd->depth_ms) : -1);
 }
 
 json_t *kokod_status(kokod *kd)

@@ -52,6 +52,13 @@ typedef struct kokod {
     int stopping;
     uint64_t reloads_ok, reloads_failed;
     json_t *stats;           /* per tenant counters, survive reloads */
+    /* queue depths for /health and kokoctl status, read every second by a timer so that
+     * /health never waits on the store: -1 until first read; the last value read stays
+     * while the store does not answer (depth_ms says when it was read) */
+    struct event *depth_ev;
+    int depth_reading;       /* reads in flight: no new round until they are back */
+    int64_t depth_pending, depth_dead, depth_spool;
+    uint64_t depth_ms;       /* monotonic ms of the last pending count read from the store */
     /* post(): the one thread-safe entry */
     pthread_mutex_t post_lock;
     post_item *posted, *posted_tail;
@@ -79,11 +86,27 @@ void kokod_stop(kokod *kd);
 
 /* Counters: kokod_count(kd, "demo", "answered", 1). */
 void kokod_count(kokod *kd, const char *tenant_name, const char *counter, double delta);
+/*
+ * The daily series of the counters: every kokod_count() also adds to
+ * {T}:stats:day:{YYYY-MM-DD}:{counter} (UTC date, TTL 90 days). This reads
+ * the last DAYS days (1..KOKOD_DAILY_MAX; today included) of TENANT (NULL:
+ * every tenant of the current generation) back from the store. DONE runs
+ * exactly once, always later on the loop thread: DAILY (borrowed for the
+ * call) = {tenant: [{"date": "YYYY-MM-DD", counter: value, ...}, ...]},
+ * oldest day first, every day present (a day without counts holds only its
+ * date); ERROR is NULL, or says why some of it could not be read (DAILY then
+ * holds what could). TENANT is copied.
+ */
+#define KOKOD_DAILY_MAX 90
+typedef void (*kokod_daily_fn)(const json_t *daily, const char *error, void *arg);
+void kokod_stats_daily(kokod *kd, const char *tenant, int days, kokod_daily_fn done, void *arg);
 /* 1 when the store is usable; WHY gets the reason either way (may be NULL). */
 int kokod_store_healthy(const kokod *kd, char *why, size_t whylen);
 /* Status document used by /health, kokoctl status: "status" is "ok",
  * "degraded" (the store is not healthy: "store.reason" says why) or
- * "stopping". Caller decrefs. */
+ * "stopping"; "store.queue" has the queue's pending entries and dead
+ * letters and the local spool's entries not yet moved into Redis, as read
+ * at most a second or so ago ("age_ms"). Caller decrefs. */
 json_t *kokod_status(kokod *kd);
 /* /health's body written into BUF (the same fields as kokod_status's head); snprintf's result. */
 int kokod_health(kokod *kd, char *buf, size_t size);

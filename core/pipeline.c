@@ -106,6 +106,7 @@ struct pipeline {
     int spool_full;         /* the last claim was a full batch: claim again at once */
     size_t spool_moved;
     size_t inflight;
+    json_t *budget_alerts;  /* tenant name -> unix time of its last "budget spent" alert */
     /* the queue consumer */
     struct event *pump_ev;
     char consumer[160];
@@ -849,9 +850,12 @@ static int over_budget(job *j, koko_instance *inst)
         return 0;
     if (month_spend(kd, j->t->name, NULL) < j->t->monthly_usd || month_spend(kd, j->t->name, inst->desc->name) <= 0)
         return 0;
-    static int64_t last_alert;
-    if (util_unix_time() - last_alert > 300) {
-        last_alert = util_unix_time();
+    /* one alert per tenant every 5 minutes: each tenant's operator hears of its own budget */
+    if (!j->p->budget_alerts)
+        j->p->budget_alerts = json_object();
+    json_t *last_alert = json_object_get(j->p->budget_alerts, j->t->name);
+    if (!last_alert || util_unix_time() - json_integer_value(last_alert) > 300) {
+        json_object_set_new(j->p->budget_alerts, j->t->name, json_integer(util_unix_time()));
         log_error("budget", "%s: monthly budget of %g USD spent (%.4f USD): paid backends are skipped until the "
                   "month ends or budget.monthly_usd is raised", j->t->name, j->t->monthly_usd,
                   month_spend(kd, j->t->name, NULL));
@@ -2186,6 +2190,7 @@ void pipeline_free(pipeline *p)
     if (!p)
         return;
     pipeline_stop(p);
+    json_decref(p->budget_alerts);
     while (p->lru_head)
         conv_remove(p, p->lru_head);
     for (size_t b = 0; b < NBUCKETS; b++)

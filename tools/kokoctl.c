@@ -44,6 +44,7 @@ static void usage(FILE *out)
             "  chat TENANT MESSAGE [--conversation ID] [--language L]\n"
             "                                 ask the tenant from the terminal\n"
             "  stats                          counters per tenant\n"
+            "  stats [TENANT] [--days N]      and each day's counts (UTC, last N days, default 7)\n"
             "  cache TENANT                   the tenant's LLM context caches\n"
             "  cache refresh TENANT           rebuild them now\n"
             "  queue                          inbound queue: pending entries, dead letters\n"
@@ -186,6 +187,18 @@ static void print_status(const json_t *d)
     if (st)
         printf("%-12s %s, %s: %s\n", "store", s_or(st, "backend", "?"),
                json_is_true(json_object_get(st, "healthy")) ? "healthy" : "DEGRADED", s_or(st, "reason", "?"));
+    const json_t *qd = json_object_get(st, "queue");
+    if (qd) {
+        long long pending = (long long)json_integer_value(json_object_get(qd, "pending"));
+        long long age = (long long)json_integer_value(json_object_get(qd, "age_ms"));
+        if (pending < 0)
+            printf("%-12s not read from the store yet\n", "queue");
+        else
+            printf("%-12s %lld pending, %lld dead letter(s) (read %lld ms ago)\n", "queue", pending,
+                   (long long)json_integer_value(json_object_get(qd, "dead")), age);
+        printf("%-12s %lld message(s) waiting for Redis\n", "spool",
+               (long long)json_integer_value(json_object_get(qd, "spool")));
+    }
 }
 
 static void print_plugins(const json_t *d)
@@ -306,6 +319,37 @@ static void print_stats(const json_t *d)
     }
 }
 
+static void print_daily_row(const char *label, const json_t *x)
+{
+    static const char *const keys[] = {"accepted", "queries", "answered", "handed_off", "failed", "tokens_in",
+                                       "tokens_out"};
+    double v[7];
+    for (int k = 0; k < 7; k++)
+        v[k] = json_number_value(json_object_get(x, keys[k]));
+    printf("%-12s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %10.4f\n", label, v[0], v[1], v[2], v[3], v[4], v[5] + v[6],
+           json_number_value(json_object_get(x, "cost_usd")));
+}
+
+/* stats TENANT / --days N: each tenant's days, oldest first, then its totals since counting began. */
+static void print_daily(const json_t *d)
+{
+    const char *name;
+    json_t *t;
+    json_object_foreach(json_object_get(d, "tenants"), name, t)
+    {
+        printf("%s: the last %lld day(s), UTC\n", name, (long long)json_integer_value(json_object_get(d, "days")));
+        printf("%-12s %8s %8s %8s %8s %8s %10s %10s\n", "DATE", "ACCEPTED", "QUERIES", "ANSWERED", "HANDOFF", "FAILED",
+               "TOKENS", "COST USD");
+        size_t i;
+        json_t *day;
+        json_array_foreach(json_object_get(t, "daily"), i, day) print_daily_row(s_or(day, "date", "?"), day);
+        print_daily_row("total", json_object_get(t, "counters"));
+        printf("\n");
+    }
+    if (json_object_get(d, "error"))
+        fprintf(stderr, "kokoctl: warning: %s\n", s_or(d, "error", ""));
+}
+
 static void print_cache(const json_t *d)
 {
     const json_t *caches = json_object_get(d, "caches");
@@ -390,10 +434,11 @@ int main(int argc, char **argv)
         {"channel", required_argument, NULL, 1},  {"inbox", required_argument, NULL, 2},
         {"language", required_argument, NULL, 3}, {"text", required_argument, NULL, 4},
         {"conversation", required_argument, NULL, 5}, {"version", no_argument, NULL, 'V'},
+        {"days", required_argument, NULL, 6},
         {0},
     };
     const char *config = NULL, *sock = NULL, *channel = NULL, *inbox = NULL, *language = NULL, *text = NULL,
-               *conversation = NULL;
+               *conversation = NULL, *days = NULL;
     int c;
     /* GNU getopt permutes argv, so options may follow the command */
     while ((c = getopt_long(argc, argv, "c:s:jhV", opts, NULL)) != -1) {
@@ -408,6 +453,7 @@ int main(int argc, char **argv)
         case 3: language = optarg; break;
         case 4: text = optarg; break;
         case 5: conversation = optarg; break;
+        case 6: days = optarg; break;
         default: usage(stderr); return 2;
         }
     }
@@ -421,7 +467,7 @@ int main(int argc, char **argv)
     }
     const char *cmd = pos[0];
     json_t *args = json_object();
-    static const char *const simple[] = {"status", "reload", "plugins", "tenants", "stats"};
+    static const char *const simple[] = {"status", "reload", "plugins", "tenants"};
     int known = 0;
     for (size_t i = 0; i < sizeof simple / sizeof *simple; i++)
         known |= strcmp(cmd, simple[i]) == 0;
@@ -429,6 +475,26 @@ int main(int argc, char **argv)
         fprintf(stderr, "kokoctl: %s takes no arguments\n", cmd);
         json_decref(args);
         return 2;
+    }
+    if (strcmp(cmd, "stats") == 0) {
+        known = 1;
+        if (npos > 2) {
+            fprintf(stderr, "kokoctl: usage: stats [TENANT] [--days N]\n");
+            json_decref(args);
+            return 2;
+        }
+        if (npos == 2)
+            json_object_set_new(args, "tenant", json_string(pos[1]));
+        if (days) {
+            char *end = NULL;
+            long n = strtol(days, &end, 10);
+            if (!*days || *end || n < 1 || n > 90) {
+                fprintf(stderr, "kokoctl: --days %s: give a whole number of days from 1 to 90\n", days);
+                json_decref(args);
+                return 2;
+            }
+            json_object_set_new(args, "days", json_integer(n));
+        }
     }
     if (strcmp(cmd, "cache") == 0) {
         known = 1;
@@ -520,6 +586,7 @@ int main(int argc, char **argv)
             return 3;
         }
     }
+    int daily = strcmp(cmd, "stats") == 0 && json_object_size(args) > 0;
     json_t *req = json_pack("{s:s,s:o}", "cmd", cmd, "args", args);
     json_t *ans = call(sockpath, req);
     json_decref(req);
@@ -552,6 +619,8 @@ int main(int argc, char **argv)
             print_route(d);
         else if (!strcmp(cmd, "chat"))
             print_chat(d);
+        else if (!strcmp(cmd, "stats") && daily)
+            print_daily(d);
         else if (!strcmp(cmd, "stats"))
             print_stats(d);
         else if (!strcmp(cmd, "cache"))

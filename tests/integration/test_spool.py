@@ -7,7 +7,8 @@ arriving and are all accepted (200), /health says "degraded"; redis-server
 starts again on the same port: the spool is moved into Redis and every
 message is answered exactly once (counted from the fake Chatwoot's record).
 A second copy of a message sent while Redis was down (the channel's retry)
-is answered once too.
+is answered once too. /health's store.queue.spool (the spool's depth, read
+by kokod every second) rises while Redis is down and returns to 0.
 """
 import os
 import sys
@@ -61,6 +62,13 @@ class Spool(KokoTestCase):
             send(i)
         send(M - 1)  # the channel's retry of a message already spooled
         self.assertEqual(k.health()["status"], "degraded")
+        deadline = time.monotonic() + 5
+        while k.health()["store"]["queue"]["spool"] < M - 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertGreaterEqual(k.health()["store"]["queue"]["spool"], M - 1, k.health())
+        rc, out, err = k.kokoctl("status")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"spool +%d message\(s\) waiting for Redis" % k.health()["store"]["queue"]["spool"])
         self.assertIn("local spool", k.log())
         r.start()
         want = {"koko:chatwoot:%d" % (800000 + i) for i in range(M)}
@@ -76,6 +84,18 @@ class Spool(KokoTestCase):
         while k.health()["status"] != "ok" and time.monotonic() < deadline:
             time.sleep(0.1)
         self.assertEqual(k.health()["status"], "ok")
+        deadline = time.monotonic() + 10
+        while k.health()["store"]["queue"]["spool"] != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        q = k.health()["store"]["queue"]
+        self.assertEqual(q["spool"], 0, q)
+        # every message answered and acked: nothing pending in Redis's queue, no dead letters
+        deadline = time.monotonic() + 10
+        while (q["pending"], q["dead"]) != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            q = k.health()["store"]["queue"]
+        self.assertEqual((q["pending"], q["dead"]), (0, 0), q)
+        self.assertLess(q["age_ms"], 3000)
         k.stop(expect=0)
 
 

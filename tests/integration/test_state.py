@@ -10,6 +10,9 @@ the embedded store; kokod is restarted in the middle of conversations:
     it is resolved; then the bot answers again;
   - the contact index {T}:contact:{C}:convs names the conversations;
   - /stats counts on from where it was (counters mirrored to {T}:stats:*).
+StatsDaily, on the embedded store and on a redis-server it starts: the daily
+series ({T}:stats:day:{date}:*) shows today's counts in /stats?days=N and
+`kokoctl stats TENANT --days N`, before and after a restart.
 The language and history a job used are read from kokod's debug log line
 "conversation N: language L, K turn(s) of history".
 """
@@ -26,6 +29,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "fakes"))
 from harness import BUILDDIR, FALLBACK_DIR, TEST_PLUGINS, KokoTestCase, main  # noqa: E402
 import chatwoot_payloads as P  # noqa: E402
 from fake_chatwoot import FakeChatwoot, send_webhook  # noqa: E402
+from test_durability import Redis  # noqa: E402
 
 CHATWOOT_DIR = os.path.dirname(os.environ.get("KOKO_CHATWOOT_SO",
                                               os.path.join(BUILDDIR, "plugins/chatwoot/.libs/chatwoot.so")))
@@ -145,6 +149,93 @@ class State(KokoTestCase):
         self.k.chat("shop", "még egy", conversation_id="s9")
         self.assertEqual(self.stats()["total_queries"], 5)
         self.assertIn("counter(s) read from the store", self.k.log())
+
+
+class StatsDaily(KokoTestCase):
+    def start_kokod(self, redis=None):
+        t = {"languages": ["en", "hu"], "llm": ["echo"], "backends": {"echo": {"confidence": 0.9}}}
+        k = self.kokod(plugin_dirs=[FALLBACK_DIR, TEST_PLUGINS], tenants={"shop": t, "idle": dict(t)})
+        if redis:
+            k.write_config(tenants={"shop": t, "idle": dict(t)},
+                           extra={"state": {"dir": k.state_dir, "redis": redis.url}})
+        k.start()
+        return k
+
+    def daily(self, k, days):
+        st, _, doc = k.http("GET", "/stats?days=%d" % days)
+        self.assertEqual(st, 200, doc)
+        self.assertNotIn("daily_error", doc)
+        self.assertEqual(doc["days"], days)
+        return doc
+
+    def check(self, k, queries):
+        before = time.strftime("%Y-%m-%d", time.gmtime())
+        doc = self.daily(k, 3)
+        after = time.strftime("%Y-%m-%d", time.gmtime())
+        shop = doc["tenants"]["shop"]
+        self.assertEqual(len(shop["daily"]), 3)
+        self.assertIn(shop["daily"][-1]["date"], (before, after))
+        dates = [d["date"] for d in shop["daily"]]
+        self.assertEqual(dates, sorted(dates))
+        # all of it was counted today (or, across midnight, yesterday and today)
+        self.assertEqual(sum(d.get("queries", 0) for d in shop["daily"]), queries, shop["daily"])
+        self.assertEqual(sum(d.get("answered", 0) for d in shop["daily"]), queries)
+        self.assertEqual(shop["total_queries"], queries)
+        # a tenant that counted nothing still has its days, with dates only
+        self.assertEqual([list(d) for d in doc["tenants"]["idle"]["daily"]], [["date"]] * 3)
+        rc, out, err = k.kokoctl("stats", "shop", "--days", "2")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("shop: the last 2 day(s), UTC", out)
+        row = [ln.split() for ln in out.splitlines() if ln.startswith(shop["daily"][-1]["date"])]
+        self.assertEqual(len(row), 1, out)
+        self.assertEqual(row[0][2], "%d" % shop["daily"][-1].get("queries", 0), out)
+        self.assertNotIn("idle", out)
+        js = k.kokoctl_json("stats", "shop", "--days", "2")
+        self.assertEqual(js["days"], 2)
+        self.assertEqual([(d["date"], d.get("queries")) for d in js["tenants"]["shop"]["daily"]],
+                         [(d["date"], d.get("queries")) for d in shop["daily"][1:]])
+
+    def run_daily(self, redis=None):
+        k = self.start_kokod(redis)
+        self.assertEqual(self.daily(k, 7)["tenants"]["shop"]["daily"][-1].get("queries", 0), 0)
+        for i in range(3):
+            k.chat("shop", "question %d" % i, conversation_id="d%d" % i)
+        self.check(k, 3)
+        k.stop(expect=0)
+        k.start()
+        self.check(k, 3)
+        k.chat("shop", "one more", conversation_id="d9")
+        self.check(k, 4)
+        # the default window is 7 days; 1..90 are allowed
+        st, _, doc = k.http("GET", "/stats")
+        self.assertEqual((st, doc["days"], len(doc["tenants"]["shop"]["daily"])), (200, 7, 7))
+        self.assertEqual(len(self.daily(k, 90)["tenants"]["shop"]["daily"]), 90)
+        for bad in ("0", "91", "x", "7days", ""):
+            st, _, doc = k.http("GET", "/stats?days=" + bad)
+            self.assertEqual(st, 400, bad)
+            self.assertIn("from 1 to 90", doc["error"])
+        self.assertEqual(k.kokoctl("stats", "--days", "0")[0], 2)
+        rc, _, err = k.kokoctl("stats", "nosuch")
+        self.assertEqual(rc, 1)
+        self.assertIn('unknown tenant "nosuch"', err)
+        return k
+
+    def test_embedded(self):
+        k = self.run_daily()
+        k.stop(expect=0)
+        db = sqlite3.connect(os.path.join(k.state_dir, "koko.db"))
+        try:
+            rows = db.execute("SELECT key, expires_at FROM kv WHERE key LIKE 'shop:stats:day:%:queries'").fetchall()
+        finally:
+            db.close()
+        self.assertTrue(rows)
+        for key, expires in rows:  # kept 90 days
+            self.assertAlmostEqual(expires / 1000 - time.time(), 90 * 86400, delta=3600)
+
+    def test_redis(self):
+        r = Redis().start()
+        self.addCleanup(r.close)
+        self.run_daily(r)
 
 
 if __name__ == "__main__":

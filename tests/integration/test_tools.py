@@ -90,6 +90,22 @@ class Budget(KokoTestCase):
         self.assertEqual(doc["total_queries"], 4)
         self.assertEqual(k.kokoctl_json("stats")["t"]["budget_skips"], 1)
 
+    def test_every_tenant_gets_its_own_budget_alert(self):
+        # the alert is throttled per tenant: one tenant's alert must not silence another's
+        def paid():
+            return {"languages": ["en", "hu"], "llm": ["echo", "fallback"],
+                    "backends": {"echo": {"confidence": 0.9, "cost_usd": 0.01}},
+                    "budget": {"monthly_usd": 0.005}}
+        k = self.started(tenants={"a": paid(), "b": paid()})
+        for name in ("a", "b"):
+            self.assertEqual(k.chat(name, "first question")["backend"], "echo")  # 0.01 USD: spent
+        for name in ("a", "b"):
+            for i in range(2):
+                self.assertEqual(k.chat(name, "question %d" % i)["backend"], "fallback")
+        log = k.log()
+        for name in ("a", "b"):
+            self.assertEqual(log.count("%s: monthly budget of 0.005 USD spent" % name), 1, log)
+
 
 if __name__ == "__main__":
     main()
