@@ -11,6 +11,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "api.h"
+#include "custmem.h"
 #include "kokod.h"
 #include "log.h"
 #include "pipeline.h"
@@ -96,6 +97,7 @@ static void chat_common(kokod *kd, koko_request *r, const char *tenant_key, cons
     const json_t *jm = json_object_get(doc, msg_key);
     const json_t *jc = json_object_get(doc, "conversation_id");
     const json_t *jl = json_object_get(doc, "language");
+    const json_t *jct = json_object_get(doc, "contact");
     if (!jt || !json_is_string(jt)) {
         server_respond_error(r, 400, "\"%s\" is required and must be a string (the tenant name)", tenant_key);
         goto out;
@@ -138,12 +140,19 @@ static void chat_common(kokod *kd, koko_request *r, const char *tenant_key, cons
         server_respond_error(r, 400, "\"conversation_id\" is longer than 200 bytes");
         goto out;
     }
+    char why[256];
+    if (jct && (!json_is_string(jct) || !custmem_contact_ok(json_string_value(jct), why, sizeof why))) {
+        server_respond_error(r, 400, "\"contact\": %s",
+                             json_is_string(jct) ? why : "must be a string such as \"chatwoot:17\"");
+        goto out;
+    }
     chat_ctx *c = xcalloc(1, sizeof *c);
     c->r = r;
     c->legacy = legacy;
     c->tenant = xstrdup(json_string_value(jt));
     chat_input in = {.tenant = c->tenant, .text = text, .conversation_id = conv,
-                     .language = jl ? json_string_value(jl) : NULL, .channel = "api"};
+                     .language = jl ? json_string_value(jl) : NULL, .channel = "api",
+                     .contact = jct ? json_string_value(jct) : NULL};
     pipeline_chat(kd->pipe, r->gen, &in, chat_done, c);
 out:
     json_decref(doc);
@@ -433,4 +442,142 @@ void api_cache(kokod *kd, koko_request *r)
         return;
     }
     api_cache_refresh(kd, t, http_refresh_done, r);
+}
+
+/* ---- customer memory: /memory/... (custmem.h) ---- */
+
+static void memory_done(int status, json_t *doc, const char *error, void *arg)
+{
+    koko_request *r = arg;
+    if (status == 200)
+        server_respond_json(r, 200, doc);
+    else
+        server_respond_error(r, status, "%s", error ? error : "failed");
+}
+
+static void method_not_allowed(koko_request *r, const char *allow)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(r->req), "Allow", allow);
+    server_respond_error(r, 405, "method %s not allowed on %s (allowed: %s)", r->method, r->path, allow);
+}
+
+/* Percent-decode one path segment [S, S+N) into a new string; NULL when malformed. */
+static char *path_segment(const char *s, size_t n)
+{
+    char *out = xmalloc(n + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%') {
+            if (i + 2 >= n) {
+                free(out);
+                return NULL;
+            }
+            char hex[3] = {s[i + 1], s[i + 2], 0};
+            char *end;
+            long v = strtol(hex, &end, 16);
+            if (*end || v <= 0) {
+                free(out);
+                return NULL;
+            }
+            out[o++] = (char)v;
+            i += 2;
+        } else {
+            out[o++] = s[i];
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+void api_memory(kokod *kd, koko_request *r)
+{
+    static const char usage[] = "memory paths are /memory/<tenant>, /memory/<tenant>/customers/<contact>[/export], "
+                                "/memory/<tenant>/extract and /memory/<tenant>/forget";
+    const char *rest = r->path + strlen("/memory/");
+    const char *slash = strchr(rest, '/');
+    size_t tl = slash ? (size_t)(slash - rest) : strlen(rest);
+    char name[128];
+    if (tl == 0 || tl >= sizeof name) {
+        server_respond_error(r, 404, "%s", usage);
+        return;
+    }
+    memcpy(name, rest, tl);
+    name[tl] = '\0';
+    if (!gen_tenant(r->gen, name)) {
+        server_respond_error(r, 404, "unknown tenant \"%s\"", name);
+        return;
+    }
+    const char *sub = slash ? slash : "";
+    int get = strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0;
+    int post = strcmp(r->method, "POST") == 0, del = strcmp(r->method, "DELETE") == 0;
+    if (!*sub || strcmp(sub, "/") == 0) {
+        if (!get) {
+            method_not_allowed(r, "GET, HEAD");
+            return;
+        }
+        custmem_summary(kd, r->gen, name, memory_done, r);
+        return;
+    }
+    if (strcmp(sub, "/extract") == 0) {
+        if (!post) {
+            method_not_allowed(r, "POST");
+            return;
+        }
+        json_t *doc = body_object(r);
+        if (doc) {
+            custmem_extract(kd, r->gen, name, doc, memory_done, r);
+            json_decref(doc);
+        }
+        return;
+    }
+    if (strcmp(sub, "/forget") == 0) {
+        if (!del) {
+            method_not_allowed(r, "DELETE");
+            return;
+        }
+        json_t *doc = body_object(r);
+        if (!doc)
+            return;
+        const json_t *jc = json_object_get(doc, "contact");
+        if (!json_is_string(jc))
+            server_respond_error(r, 400, "\"contact\" is required: the customer's contact key, e.g. \"chatwoot:17\"");
+        else
+            custmem_forget(kd, name, json_string_value(jc), memory_done, r);
+        json_decref(doc);
+        return;
+    }
+    if (strncmp(sub, "/customers/", 11) == 0 && sub[11]) {
+        const char *cs = sub + 11;
+        const char *cend = strchr(cs, '/');
+        size_t cl = cend ? (size_t)(cend - cs) : strlen(cs);
+        const char *tail = cend ? cend : "";
+        char *contact = path_segment(cs, cl);
+        if (!contact) {
+            server_respond_error(r, 400, "the contact in the path is not properly percent-encoded");
+            return;
+        }
+        if (strcmp(tail, "/export") == 0) {
+            if (!get)
+                method_not_allowed(r, "GET, HEAD");
+            else
+                custmem_export(kd, name, contact, memory_done, r);
+        } else if (!*tail) {
+            if (get) {
+                custmem_get(kd, name, contact, memory_done, r);
+            } else if (post) {
+                json_t *doc = body_object(r);
+                if (doc) {
+                    custmem_put(kd, name, contact, doc, memory_done, r);
+                    json_decref(doc);
+                }
+            } else {
+                method_not_allowed(r, "GET, HEAD, POST");
+            }
+        } else {
+            server_respond_error(r, 404, "%s", usage);
+        }
+        free(contact);
+        return;
+    }
+    server_respond_error(r, 404, "%s", usage);
 }

@@ -18,6 +18,8 @@ void api_stats(struct kokod *kd, koko_request *r);
 void api_metrics(struct kokod *kd, koko_request *r);
 void api_webhook(struct kokod *kd, koko_request *r);
 void api_cache(struct kokod *kd, koko_request *r);
+/* /memory/{tenant}[/customers/{contact}[/export]], /memory/{tenant}/extract, /memory/{tenant}/forget */
+void api_memory(struct kokod *kd, koko_request *r);
 
 /* Context caches of T's backends: {"tenant","caches":[...]}. Caller decrefs. */
 json_t *api_cache_info(const struct tenant *t);

@@ -114,6 +114,14 @@ static const sc_field f_budget[] = {
     {0},
 };
 
+static const sc_field f_customer_memory[] = {
+    {.key = "budget_tokens", .type = SC_INT, .flags = SC_RANGE, .min = 0, .max = 100000,
+     .doc = "tokens of remembered customer facts put into a prompt (0: none); default 300"},
+    {.key = "extract", .type = SC_BOOL,
+     .doc = "extract facts from resolved conversations with the first capable backend; default true"},
+    {0},
+};
+
 static const sc_field f_tenant[] = {
     {.key = "languages", .type = SC_LIST, .flags = SC_REQUIRED | SC_NONEMPTY | SC_RANGE, .min = 1, .max = 8,
      .item = &f_lang_item, .doc = "languages answered in, the first is the default"},
@@ -128,6 +136,8 @@ static const sc_field f_tenant[] = {
     {.key = "budget", .type = SC_OBJECT, .fields = f_budget, .doc = "spending limits"},
     {.key = "history_turns", .type = SC_INT, .flags = SC_RANGE, .min = 0, .max = 100,
      .doc = "earlier turns kept per conversation"},
+    {.key = "customer_memory", .type = SC_OBJECT, .fields = f_customer_memory,
+     .doc = "what is remembered about each customer"},
     {0},
 };
 

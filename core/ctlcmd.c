@@ -9,6 +9,7 @@
 
 #include "api.h"
 #include "ctlcmd.h"
+#include "custmem.h"
 #include "kokod.h"
 #include "log.h"
 #include "pipeline.h"
@@ -373,6 +374,56 @@ static void cmd_queue_retry(kokod *kd, ctl_req *q, const json_t *args)
     }
 }
 
+/* ---- customer memory (custmem.h) ---- */
+
+static void memory_done(int status, json_t *doc, const char *error, void *arg)
+{
+    ctl_req *q = arg;
+    if (status == 200)
+        control_ok(q, doc);
+    else
+        control_fail(q, error ? error : "failed", NULL);
+}
+
+static const char *need_contact(ctl_req *q, const json_t *args)
+{
+    const char *c = json_string_value(json_object_get(args, "contact"));
+    if (!c)
+        control_fail(q, "missing contact (CHANNEL:ID, e.g. chatwoot:17)", NULL);
+    return c;
+}
+
+static void cmd_memory_summary(kokod *kd, ctl_req *q, const json_t *args)
+{
+    tenant *t = need_tenant(kd, q, args);
+    if (t)
+        custmem_summary(kd, kd->current, t->name, memory_done, q);
+}
+
+static void cmd_memory_show(kokod *kd, ctl_req *q, const json_t *args)
+{
+    tenant *t = need_tenant(kd, q, args);
+    const char *c = t ? need_contact(q, args) : NULL;
+    if (c)
+        custmem_get(kd, t->name, c, memory_done, q);
+}
+
+static void cmd_memory_export(kokod *kd, ctl_req *q, const json_t *args)
+{
+    tenant *t = need_tenant(kd, q, args);
+    const char *c = t ? need_contact(q, args) : NULL;
+    if (c)
+        custmem_export(kd, t->name, c, memory_done, q);
+}
+
+static void cmd_memory_forget(kokod *kd, ctl_req *q, const json_t *args)
+{
+    tenant *t = need_tenant(kd, q, args);
+    const char *c = t ? need_contact(q, args) : NULL;
+    if (c)
+        custmem_forget(kd, t->name, c, memory_done, q);
+}
+
 static const struct {
     const char *name;
     cmd_fn fn;
@@ -381,6 +432,8 @@ static const struct {
     {"status", cmd_status}, {"reload", cmd_reload}, {"plugins", cmd_plugins}, {"tenants", cmd_tenants},
     {"routes", cmd_routes}, {"route", cmd_route},   {"chat", cmd_chat},       {"stats", cmd_stats},
     {"queue", cmd_queue},   {"queue_retry", cmd_queue_retry},
+    {"memory_summary", cmd_memory_summary}, {"memory_show", cmd_memory_show},
+    {"memory_export", cmd_memory_export},   {"memory_forget", cmd_memory_forget},
 };
 
 void ctlcmd_dispatch(kokod *kd, ctl_req *q, const char *name, const json_t *args)
@@ -394,8 +447,8 @@ void ctlcmd_dispatch(kokod *kd, ctl_req *q, const char *name, const json_t *args
             commands[i].fn(kd, q, args);
             return;
         }
-    char msg[256];
-    snprintf(msg, sizeof msg, "unknown command \"%s\" (known: status, reload, plugins, tenants, routes, route, chat, stats, cache, cache_refresh, queue, queue_retry)",
+    char msg[512];
+    snprintf(msg, sizeof msg, "unknown command \"%s\" (known: status, reload, plugins, tenants, routes, route, chat, stats, cache, cache_refresh, queue, queue_retry, memory_summary, memory_show, memory_export, memory_forget)",
              name);
     control_fail(q, msg, NULL);
 }

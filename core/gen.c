@@ -151,6 +151,10 @@ static int build_tenant(kokod *kd, generation *g, const generation *old, tenant 
     const json_t *ht = json_object_get(tc->node, "history_turns");
     t->history_turns = ht ? (unsigned)json_integer_value(ht) : 10;
     t->monthly_usd = json_number_value(json_object_get(json_object_get(tc->node, "budget"), "monthly_usd"));
+    const json_t *cm = json_object_get(tc->node, "customer_memory");
+    const json_t *cmb = json_object_get(cm, "budget_tokens");
+    t->memory_budget_tokens = cmb ? (unsigned)json_integer_value(cmb) : 300;
+    t->memory_extract = !json_is_false(json_object_get(cm, "extract"));
 
     if (tc->memory) {
         char *dir = util_path_join(c->base_dir, tc->memory);

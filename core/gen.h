@@ -47,6 +47,8 @@ typedef struct tenant {
     const json_t *handoff_phrases; /* lang → [phrases], borrowed from the config */
     unsigned history_turns;
     double monthly_usd;          /* budget; 0 = none */
+    unsigned memory_budget_tokens; /* customer_memory.budget_tokens: facts in a prompt (0: none) */
+    int memory_extract;          /* customer_memory.extract */
     char fingerprint[17];        /* hash of config subtree, KB and memory files: "changed?" */
 } tenant;
 

@@ -14,6 +14,7 @@
 #include <event2/thread.h>
 
 #include "control.h"
+#include "custmem.h"
 #include "kokod.h"
 #include "log.h"
 #include "pipeline.h"
@@ -570,6 +571,7 @@ int kokod_listen(kokod *kd, char *err, size_t errlen)
     event_add(kd->sig_term, NULL);
     event_add(kd->sig_int, NULL);
     pipeline_start(kd->pipe);
+    custmem_start(kd);
     log_info("core", "kokod %s listening on http://%s:%d (control %s), generation %llu, %zu tenant(s)",
              PACKAGE_VERSION, c->listen_host, server_port(kd->srv), c->control_path,
              (unsigned long long)kd->current->id, kd->current->n_tenants);
@@ -677,6 +679,7 @@ void kokod_free(kokod *kd)
     server_free(kd->srv);
     control_free(kd->ctl);
     pipeline_stop(kd->pipe);
+    custmem_stop(kd);
     /* callbacks of unfinished store calls run now (STORE_E_CLOSED) and free what they hold */
     store_close(kd->store);
     kd->store = NULL;

@@ -20,6 +20,7 @@
 #include "kokod.h"
 #include "log.h"
 #include "memory.h"
+#include "custmem.h"
 #include "pipeline.h"
 #include "guard.h"
 #include "router.h"
@@ -472,6 +473,8 @@ typedef struct job {
     generation *g;
     tenant *t;
     char *text, *conv_id, *channel, *inbox, *hint, *conv_key;
+    char *contact;        /* the customer's contact key ("chatwoot:17"), NULL when unknown */
+    json_t *facts;        /* what is remembered about the customer, for the prompt; NULL: nothing */
     const char *language;
     const route *route;
     const kb *kb;
@@ -529,6 +532,8 @@ static void job_free(job *j)
     free(j->inbox);
     free(j->hint);
     free(j->conv_key);
+    free(j->contact);
+    json_decref(j->facts);
     for (size_t i = 0; i < MAX_HITS; i++)
         free(j->excerpts[i]);
     for (size_t i = 0; i < j->n_history; i++)
@@ -897,10 +902,11 @@ static void run_step(job *j)
         .tools = j->tools,
         .route = j->route ? j->route->name : "default",
         .want_handoff = j->want_handoff,
-        .knowledge = j->t->knowledge,
-        .knowledge_bytes = j->t->knowledge ? strlen(j->t->knowledge) : 0,
+        /* a route with a knowledge base of its own answers from it alone: its passages, not the tenant's KB */
+        .knowledge = j->kb == j->t->kb ? j->t->knowledge : NULL,
+        .knowledge_bytes = j->kb == j->t->kb && j->t->knowledge ? strlen(j->t->knowledge) : 0,
         .context_hash = j->context_hash,
-        .customer_facts = NULL,
+        .customer_facts = j->facts,
         .job = j,
     };
     sc->j = j;
@@ -931,6 +937,16 @@ static json_t *tool_declarations(const tenant *t, const route *r)
             json_array_extend(out, (json_t *)decl);
     }
     return out;
+}
+
+static void on_facts(json_t *facts, void *arg)
+{
+    job *j = arg;
+    j->facts = facts;
+    if (facts)
+        log_debug("pipeline", "%s: %zu remembered fact(s) about the customer in the prompt", j->t->name,
+                  json_array_size(facts));
+    run_step(j);
 }
 
 static void start_job(job *j)
@@ -968,7 +984,7 @@ static void start_job(job *j)
     {
         char *decl = json_dumps(j->tools, JSON_COMPACT | JSON_SORT_KEYS);
         char *pers = json_dumps(j->persona, JSON_COMPACT | JSON_SORT_KEYS);
-        char *all = util_asprintf("%s\n%s\n%s\n%s", t->fingerprint, pers ? pers : "", t->kb ? kb_hash(t->kb) : "",
+        char *all = util_asprintf("%s\n%s\n%s\n%s", t->fingerprint, pers ? pers : "", j->kb ? kb_hash(j->kb) : "",
                                   decl ? decl : "");
         snprintf(j->context_hash, sizeof j->context_hash, "%016llx",
                  (unsigned long long)util_fnv1a64(all, strlen(all)));
@@ -987,6 +1003,11 @@ static void start_job(job *j)
         j->human_reason = "the customer asked for a human";
     }
     retrieve(j);
+    if (j->contact && t->memory_budget_tokens > 0 && kd->store) {
+        /* enrich: what is remembered about this customer, then generate */
+        custmem_prompt_facts(kd, t->name, j->contact, j->text, t->memory_budget_tokens, on_facts, j);
+        return;
+    }
     run_step(j);
 }
 
@@ -1002,6 +1023,7 @@ static job *job_new(pipeline *p, generation *g, tenant *t, const chat_input *in)
     j->channel = xstrdup(in->channel ? in->channel : "api");
     j->inbox = in->inbox ? xstrdup(in->inbox) : NULL;
     j->hint = in->language ? xstrdup(in->language) : NULL;
+    j->contact = in->contact ? xstrdup(in->contact) : NULL;
     if (in->conversation_id)
         j->conv_key = util_asprintf("%s\x1f%s\x1f%s", t->name, j->channel, in->conversation_id);
     j->attempts = json_array();
@@ -1024,7 +1046,7 @@ void pipeline_chat(pipeline *p, generation *g, const chat_input *in, chat_fn don
     j->done = done;
     j->arg = arg;
     if (j->conv_key)
-        conv_load_start(p, j->conv_key, NULL, on_chat_conv_ready, j);
+        conv_load_start(p, j->conv_key, in->contact, on_chat_conv_ready, j);
     else
         start_job(j);
 }
@@ -1407,6 +1429,14 @@ static void on_typing_due(evutil_socket_t fd, short what, void *arg)
 }
 
 /* The quiet window of C ended: one job answers everything queued. */
+/* The customer's contact key: "{channel}:{contact id}" (custmem.h), or NULL. */
+static char *contact_of(const koko_msg *m)
+{
+    if (!m->contact_id || !*m->contact_id || !m->channel)
+        return NULL;
+    return util_asprintf("%s:%s", m->channel, m->contact_id);
+}
+
 static void on_quiet(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -1431,9 +1461,12 @@ static void on_quiet(evutil_socket_t fd, short what, void *arg)
             handoff = mc->m.handoff;
         last = mc;
     }
+    char *contact = contact_of(&last->m);
     chat_input in = {.tenant = t->name, .text = sb.buf ? sb.buf : "", .conversation_id = last->m.conversation_id,
-                     .language = last->m.language, .channel = last->m.channel, .inbox = last->m.inbox};
+                     .language = last->m.language, .channel = last->m.channel, .inbox = last->m.inbox,
+                     .contact = contact};
     job *j = job_new(p, g, t, &in);
+    free(contact);
     sb_free(&sb);
     j->conv = c;
     j->batch = c->n_queue;
@@ -1785,7 +1818,9 @@ static void on_marker(const store_result *r, void *arg)
         return;
     }
     char *key = conv_key_of(t->name, ch->desc->name, mc->m.conversation_id);
-    conv_load_start(p, key, mc->m.contact_id, on_conv_ready, mc);
+    char *contact = contact_of(&mc->m);
+    conv_load_start(p, key, contact, on_conv_ready, mc);
+    free(contact);
     free(key);
 }
 
@@ -2032,11 +2067,32 @@ void pipeline_conversation(pipeline *p, koko_instance *channel, const char *conv
     case KOKO_CONV_RESOLVED:
         conv_drop_pending(c);
         set_owner(c, OWNER_RESOLVED, why);
+        custmem_resolved(p->kd, channel->tenant, channel->desc->name, conversation_id);
         break;
     case KOKO_CONV_BOT:
         set_owner(c, OWNER_BOT, why);
         break;
     }
+}
+
+void pipeline_forget_conv(pipeline *p, const char *tenant_name, const char *channel, const char *conversation_id)
+{
+    if (!p || !channel || !conversation_id)
+        return;
+    char *key = conv_key_of(tenant_name, channel, conversation_id);
+    conv *c = conv_get(p, key, 0);
+    free(key);
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n_turns; i++)
+        free((char *)c->turns[i].text);
+    free(c->turns);
+    c->turns = NULL;
+    c->n_turns = 0;
+    c->lang[0] = '\0';
+    c->version++; /* a load in flight must not bring them back */
+    if (!c->queue && !c->running && !c->loading)
+        conv_remove(p, c);
 }
 
 const char *pipeline_owner(pipeline *p, const char *tenant_name, const char *channel, const char *conversation_id)

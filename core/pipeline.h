@@ -26,6 +26,7 @@ typedef struct chat_input {
     const char *language;        /* hint, may be NULL */
     const char *channel;         /* "api" for /api/chat and kokoctl chat */
     const char *inbox;           /* may be NULL */
+    const char *contact;         /* the customer's contact key ("chatwoot:17"), may be NULL: no memory */
 } chat_input;
 
 /* The answer, borrowed for the callback's duration. */
@@ -64,6 +65,9 @@ void pipeline_conversation(pipeline *p, koko_instance *channel, const char *conv
  * names the entry that owns a message; Redis gives a retried entry a new id). */
 void pipeline_requeued(pipeline *p, const char *payload, size_t len, const char *qid);
 
+/* Drop what kokod holds in memory of a conversation (turns, language): the
+ * GDPR forget has deleted it from the store. */
+void pipeline_forget_conv(pipeline *p, const char *tenant_name, const char *channel, const char *conversation_id);
 const char *pipeline_owner(pipeline *p, const char *tenant_name, const char *channel, const char *conversation_id);
 
 /* koko_host.tool_call. */

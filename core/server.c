@@ -36,7 +36,7 @@ struct server {
     size_t inflight;
 };
 
-enum { M_GET = EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, M_POST = EVHTTP_REQ_POST };
+enum { M_GET = EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, M_POST = EVHTTP_REQ_POST, M_DELETE = EVHTTP_REQ_DELETE };
 
 typedef void (*api_fn)(kokod *kd, koko_request *r);
 
@@ -55,6 +55,7 @@ static const struct endpoint {
     {"/stats", 0, M_GET, "GET, HEAD", 1, api_stats},
     {"/metrics", 0, M_GET, "GET, HEAD", 1, api_metrics},
     {"/cache/", 1, M_GET | M_POST, "GET, POST", 1, api_cache},
+    {"/memory/", 1, M_GET | M_POST | M_DELETE, "GET, POST, DELETE", 1, api_memory},
     {"/webhook/", 1, M_POST, "POST", 0, api_webhook},
 };
 

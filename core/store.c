@@ -553,6 +553,23 @@ int store_queue_retry(store *s, const char *dead_id, store_cb cb, void *arg)
     return r ? submit(r) : -1;
 }
 
+int store_queue_list(store *s, int max, store_cb cb, void *arg)
+{
+    NEED(max > 0);
+    store_req *r = mk(s, SOP_QLIST, NULL, NULL, NULL, 0, cb, arg);
+    if (!r)
+        return -1;
+    r->b = max;
+    return submit(r);
+}
+
+int store_queue_drop_dead(store *s, const char *dead_id, store_cb cb, void *arg)
+{
+    NEED(dead_id);
+    store_req *r = mk(s, SOP_QDROP, dead_id, NULL, NULL, 0, cb, arg);
+    return r ? submit(r) : -1;
+}
+
 int store_queue_pending(store *s, store_cb cb, void *arg)
 {
     store_req *r = mk(s, SOP_QPENDING, NULL, NULL, NULL, 0, cb, arg);

@@ -241,6 +241,13 @@ int store_queue_retry(store *s, const char *dead_id, store_cb cb, void *arg);
 /* integer = entries in the queue not yet acked (leased or not), dead letters
  * excluded. */
 int store_queue_pending(store *s, store_cb cb, void *arg);
+/* Up to MAX entries not yet acked (leased or not), oldest first: items[i].name
+ * = id, value = payload; integer = how many there are in all. For GDPR export
+ * and forget, which look for one customer's messages. */
+int store_queue_list(store *s, int max, store_cb cb, void *arg);
+/* Delete dead letter DEAD_ID for good: integer = 1 when it existed, 0 when
+ * not (GDPR forget of the customer it carries). */
+int store_queue_drop_dead(store *s, const char *dead_id, store_cb cb, void *arg);
 
 #ifdef __cplusplus
 }

@@ -128,7 +128,7 @@ static const char LUA_EXTEND[] =
     "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) "
     "if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end "
     "redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID') return 1";
-/* KEYS: dead; ARGV: max */
+/* KEYS: dead (or the stream: every entry not acked); ARGV: max */
 static const char LUA_DEAD[] =
     "return {redis.call('XLEN', KEYS[1]), redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[1])}";
 /* KEYS: stream dead; ARGV: dead id */
@@ -423,6 +423,17 @@ static void rd_submit(void *be, store_req *req)
         send_eval(b, req, LUA_RETRY, 2, 3, a, NULL);
         break;
     }
+    case SOP_QLIST: {
+        snprintf(n1, sizeof n1, "%lld", (long long)req->b);
+        const char *a[] = {b->stream_key, n1};
+        send_eval(b, req, LUA_DEAD, 1, 2, a, NULL);
+        break;
+    }
+    case SOP_QDROP: {
+        const char *a[] = {"XDEL", b->dead_key, req->key};
+        send_cmd(b, req, 3, a, NULL);
+        break;
+    }
     case SOP_QPENDING: {
         const char *a[] = {"XLEN", b->stream_key};
         send_cmd(b, req, 2, a, NULL);
@@ -509,6 +520,7 @@ static int handle(rd *b, store_req *req, redisReply *r)
     case SOP_QACK:
     case SOP_QPENDING:
     case SOP_QEXTEND:
+    case SOP_QDROP:
         if (r->type != REDIS_REPLY_INTEGER)
             return bad_reply(b, req, r);
         req->integer = r->integer;
@@ -599,6 +611,7 @@ static int handle(rd *b, store_req *req, redisReply *r)
         req->integer = r->integer;
         return 0;
     case SOP_QDEAD:
+    case SOP_QLIST:
         if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[1]->type != REDIS_REPLY_ARRAY)
             return bad_reply(b, req, r);
         req->integer = r->element[0]->integer;

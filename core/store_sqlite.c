@@ -633,15 +633,20 @@ static int op_qfail(sq *b, store_req *req, int64_t now)
     return 0;
 }
 
+/* Dead letters (state 1) or, for SOP_QLIST, the entries not acked (state 0). */
 static int op_qdead(sq *b, store_req *req)
 {
     sqlite3_stmt *st;
-    if (run(b, &st, "SELECT COUNT(*) FROM queue WHERE state = 1", "") != SQLITE_ROW)
-        return db_fail(b, req, "counting dead letters");
+    int live = req->op == SOP_QLIST;
+    if (run(b, &st, live ? "SELECT COUNT(*) FROM queue WHERE state = 0" : "SELECT COUNT(*) FROM queue WHERE state = 1",
+            "") != SQLITE_ROW)
+        return db_fail(b, req, live ? "counting the queue" : "counting dead letters");
     req->integer = sqlite3_column_int64(st, 0);
     q_done(b, st);
-    int rc = run(b, &st, "SELECT id, payload, attempts, reason FROM queue WHERE state = 1 ORDER BY id LIMIT ?1", "i",
-                 req->b);
+    int rc = run(b, &st,
+                 live ? "SELECT id, payload, attempts, reason FROM queue WHERE state = 0 ORDER BY id LIMIT ?1"
+                      : "SELECT id, payload, attempts, reason FROM queue WHERE state = 1 ORDER BY id LIMIT ?1",
+                 "i", req->b);
     for (; rc == SQLITE_ROW; rc = sqlite3_step(st)) {
         char id[32];
         snprintf(id, sizeof id, "%lld", (long long)sqlite3_column_int64(st, 0));
@@ -652,7 +657,18 @@ static int op_qdead(sq *b, store_req *req)
     }
     if (st)
         q_done(b, st);
-    return rc == SQLITE_DONE ? 0 : db_fail(b, req, "reading dead letters");
+    return rc == SQLITE_DONE ? 0 : db_fail(b, req, live ? "listing the queue" : "reading dead letters");
+}
+
+static int op_qdrop(sq *b, store_req *req)
+{
+    int64_t id;
+    if (parse_id(req, &id) < 0)
+        return -1;
+    if (run(b, NULL, "DELETE FROM queue WHERE id = ?1 AND state = 1", "i", id) != SQLITE_DONE)
+        return db_fail(b, req, "deleting a dead letter");
+    req->integer = sqlite3_changes(b->db);
+    return 0;
 }
 
 static int op_qretry(sq *b, store_req *req)
@@ -706,7 +722,9 @@ static int op_run(sq *b, store_req *req, int64_t now)
     case SOP_QCLAIM: return op_qclaim(b, req, now);
     case SOP_QACK: return op_qack(b, req);
     case SOP_QFAIL: return op_qfail(b, req, now);
-    case SOP_QDEAD: return op_qdead(b, req);
+    case SOP_QDEAD:
+    case SOP_QLIST: return op_qdead(b, req);
+    case SOP_QDROP: return op_qdrop(b, req);
     case SOP_QRETRY: return op_qretry(b, req);
     case SOP_QPENDING: return op_qpending(b, req);
     case SOP_QEXTEND: return op_qextend(b, req, now);

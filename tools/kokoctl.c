@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 #include <jansson.h>
 
@@ -48,7 +49,12 @@ static void usage(FILE *out)
             "  cache TENANT                   the tenant's LLM context caches\n"
             "  cache refresh TENANT           rebuild them now\n"
             "  queue                          inbound queue: pending entries, dead letters\n"
-            "  queue retry ID                 put dead letter ID back into the queue\n\n"
+            "  queue retry ID                 put dead letter ID back into the queue\n"
+            "  memory show TENANT [CONTACT]   the tenant's memory, or what is remembered about CONTACT\n"
+            "                                 (contacts are CHANNEL:ID, e.g. chatwoot:17, email:anna@example.hu)\n"
+            "  memory export TENANT CONTACT   everything stored about CONTACT, as JSON (GDPR access)\n"
+            "  memory forget TENANT CONTACT [--yes]\n"
+            "                                 delete every trace of CONTACT; prints the deletion receipt\n\n"
             "Options:\n"
             "  -c, --config FILE   find the control socket in FILE's server.control\n"
             "                      (default: $KOKO_CONFIG, ./etc/koko.yaml, " SYSCONFDIR "/koko/koko.yaml)\n"
@@ -379,6 +385,58 @@ static void print_refresh(const json_t *d)
         printf("%-10s %s\n", s_or(b, "backend", "?"), json_is_true(json_object_get(b, "ok")) ? "rebuilt" : s_or(b, "error", "failed"));
 }
 
+static void print_memory(const json_t *d)
+{
+    printf("contact    %s", s_or(d, "contact", "?"));
+    if (strcmp(s_or(d, "contact", ""), s_or(d, "canonical", "")) != 0)
+        printf(" (linked to %s)", s_or(d, "canonical", "?"));
+    printf("\n");
+    size_t i;
+    const json_t *v;
+    json_array_foreach(json_object_get(d, "aliases"), i, v) printf("linked     %s\n", json_string_value(v));
+    const json_t *facts = json_object_get(d, "facts");
+    if (!json_array_size(facts)) {
+        printf("nothing remembered\n");
+        return;
+    }
+    printf("%-16s %-10s %-10s %s\n", "ID", "KIND", "UPDATED", "TEXT");
+    json_array_foreach(facts, i, v)
+    {
+        char day[16] = "?";
+        time_t t = (time_t)json_integer_value(json_object_get(v, "updated"));
+        struct tm tm;
+        if (t > 0 && gmtime_r(&t, &tm))
+            strftime(day, sizeof day, "%Y-%m-%d", &tm);
+        printf("%-16s %-10s %-10s %s\n", s_or(v, "id", "?"), s_or(v, "kind", "?"), day, s_or(v, "text", ""));
+    }
+}
+
+static void print_memory_summary(const json_t *d)
+{
+    const json_t *c = json_object_get(d, "counts");
+    printf("tenant               %s\n", s_or(d, "tenant", "?"));
+    printf("assistant            %s\n", s_or(json_object_get(d, "identity"), "name", "(no identity.json)"));
+    printf("standing decisions   %zu\n", json_array_size(json_object_get(d, "decisions")));
+    printf("customers            %lld\n", (long long)json_integer_value(json_object_get(c, "customers")));
+    printf("facts                %lld\n", (long long)json_integer_value(json_object_get(c, "facts")));
+    printf("pending extractions  %lld\n", (long long)json_integer_value(json_object_get(c, "pending_extractions")));
+}
+
+static void print_receipt(const json_t *d)
+{
+    printf("receipt    %s\n", s_or(d, "receipt_id", "?"));
+    printf("at         %s\n", s_or(d, "at", "?"));
+    printf("contact    %s (tenant %s)\n", s_or(d, "contact", "?"), s_or(d, "tenant", "?"));
+    if (json_is_true(json_object_get(d, "nothing_left"))) {
+        printf("nothing was stored about this contact\n");
+        return;
+    }
+    const char *k;
+    const json_t *v;
+    json_object_foreach((json_t *)json_object_get(d, "deleted"), k, v)
+        printf("deleted    %-16s %lld\n", k, (long long)json_integer_value(v));
+}
+
 static void print_queue(const json_t *d)
 {
     printf("store      %s (%s)\n", s_or(d, "backend", "?"),
@@ -434,12 +492,12 @@ int main(int argc, char **argv)
         {"channel", required_argument, NULL, 1},  {"inbox", required_argument, NULL, 2},
         {"language", required_argument, NULL, 3}, {"text", required_argument, NULL, 4},
         {"conversation", required_argument, NULL, 5}, {"version", no_argument, NULL, 'V'},
-        {"days", required_argument, NULL, 6},
+        {"days", required_argument, NULL, 6},     {"yes", no_argument, NULL, 7},
         {0},
     };
     const char *config = NULL, *sock = NULL, *channel = NULL, *inbox = NULL, *language = NULL, *text = NULL,
                *conversation = NULL, *days = NULL;
-    int c;
+    int c, yes = 0;
     /* GNU getopt permutes argv, so options may follow the command */
     while ((c = getopt_long(argc, argv, "c:s:jhV", opts, NULL)) != -1) {
         switch (c) {
@@ -454,6 +512,7 @@ int main(int argc, char **argv)
         case 4: text = optarg; break;
         case 5: conversation = optarg; break;
         case 6: days = optarg; break;
+        case 7: yes = 1; break;
         default: usage(stderr); return 2;
         }
     }
@@ -519,6 +578,37 @@ int main(int argc, char **argv)
         if (retry) {
             json_object_set_new(args, "id", json_string(pos[2]));
             cmd = "queue_retry";
+        }
+    }
+    if (strcmp(cmd, "memory") == 0) {
+        known = 1;
+        const char *sub = npos >= 2 ? pos[1] : "";
+        int show = strcmp(sub, "show") == 0, exp = strcmp(sub, "export") == 0, fgt = strcmp(sub, "forget") == 0;
+        if (!(show && (npos == 3 || npos == 4)) && !((exp || fgt) && npos == 4)) {
+            fprintf(stderr, "kokoctl: usage: memory show TENANT [CONTACT] | memory export TENANT CONTACT | "
+                            "memory forget TENANT CONTACT [--yes]\n");
+            json_decref(args);
+            return 2;
+        }
+        json_object_set_new(args, "tenant", json_string(pos[2]));
+        if (npos == 4)
+            json_object_set_new(args, "contact", json_string(pos[3]));
+        cmd = show ? (npos == 4 ? "memory_show" : "memory_summary") : exp ? "memory_export" : "memory_forget";
+        if (fgt && !yes) {
+            if (!isatty(STDIN_FILENO)) {
+                fprintf(stderr, "kokoctl: memory forget deletes every trace of %s for good; confirm with --yes\n",
+                        pos[3]);
+                json_decref(args);
+                return 2;
+            }
+            fprintf(stderr, "Forget everything tenant %s stores about %s (facts, conversations, queued messages)? "
+                            "This cannot be undone. Type yes to go on: ", pos[2], pos[3]);
+            char line[16] = "";
+            if (!fgets(line, sizeof line, stdin) || strncmp(line, "yes", 3) != 0 || (line[3] && line[3] != '\n')) {
+                fprintf(stderr, "kokoctl: nothing forgotten\n");
+                json_decref(args);
+                return 1;
+            }
         }
     }
     if (strcmp(cmd, "routes") == 0 || strcmp(cmd, "route") == 0 || strcmp(cmd, "chat") == 0) {
@@ -631,6 +721,17 @@ int main(int argc, char **argv)
             print_queue(d);
         else if (!strcmp(cmd, "queue_retry"))
             printf("queued again as entry %s\n", s_or(d, "queued", "?"));
+        else if (!strcmp(cmd, "memory_show"))
+            print_memory(d);
+        else if (!strcmp(cmd, "memory_summary"))
+            print_memory_summary(d);
+        else if (!strcmp(cmd, "memory_forget"))
+            print_receipt(d);
+        else if (!strcmp(cmd, "memory_export")) {
+            char *js = json_dumps(d, JSON_INDENT(2));
+            printf("%s\n", js ? js : "{}");
+            free(js);
+        }
     }
     if (!ok && json_out) {
         const char *e = s_or(ans, "error", "failed");

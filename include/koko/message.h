@@ -123,7 +123,22 @@ typedef struct koko_llm_request {
                                    * declarations): a context-cache key; changes when any of them changes */
     const json_t *customer_facts; /* facts remembered about this customer (array), may be NULL */
     void *job;                    /* opaque: pass to koko_host.tool_call while answering this request */
+
+    /* ---- ABI 1.3 ---- */
+    const char *instruction;      /* non-NULL: not a customer's message but a task for the model (the core's
+                                   * customer-memory extraction). Use INSTRUCTION as the whole system
+                                   * instruction and TEXT as the input; send no persona, knowledge, history,
+                                   * tools or context cache. A backend that cannot do such tasks answers
+                                   * KOKO_ERR_PERMANENT. The core sends tasks only to plugins built against
+                                   * ABI 1.3 or later. */
+    const json_t *response_schema; /* with instruction, may be NULL: answer with JSON of this schema (the subset
+                                   * Gemini and OpenAI share: type, properties, required, items, enum,
+                                   * description; every object lists all its properties as required) */
 } koko_llm_request;
+
+/* 1 when REQ is a task (ABI 1.3 instruction) rather than a customer's message. */
+#define KOKO_LLM_IS_TASK(req)                                                                                    \
+    ((req)->size >= offsetof(koko_llm_request, response_schema) + sizeof(const json_t *) && (req)->instruction)
 
 /* What the core asks a channel to deliver. */
 typedef struct koko_reply {

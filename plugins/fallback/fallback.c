@@ -70,6 +70,7 @@ typedef struct answer {
     double confidence;
     size_t cited;
     size_t n_cited;
+    int refused; /* a task (ABI 1.3 instruction): this backend answers only from the knowledge base */
     struct answer *prev, *next;
 } answer;
 
@@ -581,8 +582,10 @@ static void answer_fire(void *arg)
     }
     koko_llm_result res = {
         .size = sizeof res,
-        .status = KOKO_OK,
-        .error = NULL,
+        .status = a->refused ? KOKO_ERR_PERMANENT : KOKO_OK,
+        .error = a->refused ? "answers customers from the knowledge base only; it cannot do tasks such "
+                              "as extracting customer facts (configure an LLM backend for that)"
+                            : NULL,
         .text = a->text,
         .handoff = a->handoff,
         .handoff_reason = a->reason,
@@ -620,7 +623,9 @@ static void fallback_generate(void *state, const koko_llm_request *req, koko_llm
     r.size = sizeof r;
 
     answer *a = calloc(1, sizeof *a);
-    if (!a || compose(fb, &r, a) != 0) {
+    if (a && KOKO_LLM_IS_TASK(&r))
+        a->refused = 1;
+    if (!a || (!a->refused && compose(fb, &r, a) != 0)) {
         if (a)
             answer_free(a);
         fb->host->log(fb->inst, KOKO_LOG_ERROR, "generate: out of memory composing an answer");

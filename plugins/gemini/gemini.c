@@ -318,6 +318,10 @@ static json_t *user_turn(gen *g, int cached)
 {
     const koko_llm_request *req = g->req;
     json_t *parts = json_array();
+    if (KOKO_LLM_IS_TASK(req)) {
+        json_array_append_new(parts, json_pack("{s:s}", "text", req->text ? req->text : ""));
+        return json_pack("{s:s,s:o}", "role", "user", "parts", parts);
+    }
     if (cached) {
         char *note = llm_request_note(req);
         json_array_append_new(parts, json_pack("{s:s}", "text", note));
@@ -373,7 +377,14 @@ void gen_send(gen *g)
         json_object_set_new(gc, "temperature", json_real(gm->cfg.temperature));
     json_object_set_new(body, "generationConfig", gc);
     uint64_t extra = 0;
-    if (cached) {
+    if (KOKO_LLM_IS_TASK(req)) {
+        /* a task: its own instruction, structured output, nothing of the persona or the cache */
+        json_object_set_new(body, "systemInstruction", json_pack("{s:[{s:s}]}", "parts", "text", req->instruction));
+        if (req->response_schema) {
+            json_object_set_new(gc, "responseMimeType", json_string("application/json"));
+            json_object_set_new(gc, "responseSchema", json_deep_copy(req->response_schema));
+        }
+    } else if (cached) {
         json_object_set_new(body, "cachedContent", json_string(g->cache_name));
         extra = g->cache_tokens;
     } else {
@@ -585,12 +596,20 @@ static void gemini_generate(void *state, const koko_llm_request *req, koko_llm_f
     g->history = history_json(req);
     g->turns = json_array();
     g->whole_kb = req->knowledge && req->knowledge_bytes && req->knowledge_bytes / 4 <= gm->budget_tokens;
+    if (KOKO_LLM_IS_TASK(req)) {
+        json_array_clear(g->history);
+        g->whole_kb = 1; /* no passages either */
+    }
     g->next = gm->gens;
     if (gm->gens)
         gm->gens->prev = g;
     gm->gens = g;
     if (gm->stopping) {
         gen_finish_later(g, KOKO_ERR_CANCELLED, "cancelled: the backend is stopping");
+        return;
+    }
+    if (KOKO_LLM_IS_TASK(req)) {
+        gen_send(g); /* never through a context cache */
         return;
     }
     gen_route(g);

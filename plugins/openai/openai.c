@@ -251,6 +251,38 @@ static void on_finish_timer(void *arg)
 
 static void on_answer(const llm_response *r, void *arg);
 
+
+/* OpenAI's strict structured outputs want every object closed
+ * ("additionalProperties": false); the core's schema leaves that out because
+ * Gemini refuses the keyword. A new copy of SCHEMA with it added. */
+static json_t *strict_schema(const json_t *schema)
+{
+    json_t *out = json_deep_copy(schema);
+    json_t *todo[64];
+    size_t n = 0;
+    todo[n++] = out;
+    while (n) {
+        json_t *o = todo[--n];
+        if (!json_is_object(o))
+            continue;
+        if (json_object_get(o, "properties"))
+            json_object_set_new(o, "additionalProperties", json_false());
+        const char *k;
+        json_t *v;
+        json_object_foreach(o, k, v)
+        {
+            if (strcmp(k, "properties") == 0) {
+                const char *pk;
+                json_t *pv;
+                json_object_foreach(v, pk, pv) if (n < 64) todo[n++] = pv;
+            } else if (strcmp(k, "items") == 0 && n < 64) {
+                todo[n++] = v;
+            }
+        }
+    }
+    return out;
+}
+
 static void gen_send(ogen *g)
 {
     openai *oa = g->oa;
@@ -262,7 +294,11 @@ static void gen_send(ogen *g)
     json_t *body = json_pack("{s:s,s:O}", "model", oa->model, "messages", g->messages);
     if (oa->cfg.has_temperature)
         json_object_set_new(body, "temperature", json_real(oa->cfg.temperature));
-    if (json_array_size(req->tools)) {
+    if (KOKO_LLM_IS_TASK(req) && req->response_schema)
+        json_object_set_new(body, "response_format",
+                            json_pack("{s:s,s:{s:s,s:b,s:o}}", "type", "json_schema", "json_schema", "name", "task",
+                                      "strict", 1, "schema", strict_schema(req->response_schema)));
+    if (json_array_size(req->tools) && !KOKO_LLM_IS_TASK(req)) {
         json_t *tools = json_array();
         size_t i;
         const json_t *d;
@@ -420,16 +456,19 @@ static void openai_generate(void *state, const koko_llm_request *req, koko_llm_f
         oa->gens->prev = g;
     oa->gens = g;
     g->whole_kb = req->knowledge && req->knowledge_bytes && req->knowledge_bytes / 4 <= oa->budget_tokens;
-    char *sys = llm_system_text(req, 1);
+    int task = KOKO_LLM_IS_TASK(req);
+    char *sys = task ? llm_strdup(req->instruction) : llm_system_text(req, 1);
     if (g->whole_kb) {
         char *all = llm_asprintf("%s\nKnowledge base:\n%s", sys, req->knowledge);
         free(sys);
         sys = all;
     }
+    if (task)
+        g->whole_kb = 1; /* a task: the instruction and the input, nothing else */
     g->messages = json_array();
     json_array_append_new(g->messages, json_pack("{s:s,s:s}", "role", "system", "content", sys));
     free(sys);
-    for (size_t i = 0; i < req->n_history; i++) {
+    for (size_t i = 0; !task && i < req->n_history; i++) {
         const koko_turn *t = &req->history[i];
         if (!t->text || !*t->text)
             continue;

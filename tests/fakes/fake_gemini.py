@@ -38,6 +38,10 @@ next COUNT matching requests wait DELAY_MS, then answer STATUS (429 with a
 RetryInfo retryDelay, 503 UNAVAILABLE, ...) or, with malformed, a 200 that is
 not JSON; a fault with neither status nor malformed only delays.
 POST /_expire {"name"} makes a cache expire now.
+Structured output (generationConfig.responseSchema, as the customer-memory
+extraction sends it) must come with responseMimeType application/json and
+use only fields of Gemini's Schema object (else 400, like the real API); it is
+answered with the canned JSON set by POST /_extraction (default {"facts": []}).
 
 Run: fake_gemini.py [--port N] [--key K]; prints
 "fake gemini listening on http://127.0.0.1:PORT" and serves until killed.
@@ -105,6 +109,7 @@ class State:
 
     def reset(self):
         self.requests, self.faults, self.script, self.caches = [], [], [], {}
+        self.extraction = {"facts": []}  # the canned answer to structured-output (extraction) requests
 
     def cache(self, cid):
         """The live cache CID, or None (expired ones are removed)."""
@@ -121,6 +126,29 @@ class State:
                 f["count"] -= 1
                 return dict(f)
         return None
+
+
+SCHEMA_FIELDS = {"type", "format", "description", "nullable", "enum", "maxItems", "minItems", "properties",
+                 "required", "propertyOrdering", "items", "minimum", "maximum", "anyOf", "title"}
+
+
+def schema_unknown(schema):
+    """The first key of a responseSchema the Gemini Schema object does not have, or None."""
+    if not isinstance(schema, dict):
+        return None
+    for k, v in schema.items():
+        if k not in SCHEMA_FIELDS:
+            return k
+        if k == "properties":
+            for sub in v.values():
+                bad = schema_unknown(sub)
+                if bad:
+                    return bad
+        elif k == "items":
+            bad = schema_unknown(v)
+            if bad:
+                return bad
+    return None
 
 
 def min_tokens(model):
@@ -302,6 +330,27 @@ class Handler(BaseHTTPRequestHandler):
         contents = b.get("contents")
         if not contents:
             return self.reply(400, gerror(400, "INVALID_ARGUMENT", "* GenerateContentRequest.contents: contents is not specified"))
+        gc = b.get("generationConfig") or {}
+        if "responseSchema" in gc:
+            # structured output (customer-memory extraction): as strict as the real API
+            if gc.get("responseMimeType") != "application/json":
+                return self.reply(400, gerror(400, "INVALID_ARGUMENT",
+                                              "* GenerateContentRequest.generation_config.response_mime_type: "
+                                              "response_schema requires response_mime_type application/json"))
+            bad = schema_unknown(gc["responseSchema"])
+            if bad:
+                return self.reply(400, gerror(400, "INVALID_ARGUMENT",
+                                              "Invalid JSON payload received. Unknown name \"%s\" at "
+                                              "'generation_config.response_schema': Cannot find field." % bad))
+            with st.lock:
+                answer = json.dumps(st.extraction, ensure_ascii=False)
+            prompt_tokens = sum(len(t) for t in texts(b)) // 4
+            return self.reply(200, {"candidates": [{"content": {"role": "model", "parts": [{"text": answer}]},
+                                                    "finishReason": "STOP", "index": 0}],
+                                    "usageMetadata": {"promptTokenCount": prompt_tokens,
+                                                      "candidatesTokenCount": len(answer) // 4 + 1,
+                                                      "totalTokenCount": prompt_tokens + len(answer) // 4 + 1},
+                                    "modelVersion": model})
         with st.lock:
             scripted = st.script.pop(0) if st.script else None
         prompt_tokens = sum(len(t) for t in texts(b)) // 4 + (cached["tokens"] if cached else 0)
@@ -364,6 +413,9 @@ class Handler(BaseHTTPRequestHandler):
                 f = dict(body or {})
                 f.setdefault("count", 1)
                 st.faults.append(f)
+                return self.reply(200, {"ok": True})
+            if path == "/_extraction" and method == "POST":
+                st.extraction = body
                 return self.reply(200, {"ok": True})
             if path == "/_script" and method == "POST":
                 st.script.extend((body or {}).get("answers", []))

@@ -17,7 +17,12 @@ usage: prompt_tokens = characters / 4, completion_tokens = answer characters
 identical to an earlier request's, in characters / 4 (the way OpenAI's
 automatic prompt caching reports), counted only from 1024 tokens on.
 
-Test control: GET /_requests, POST /_reset, POST /_script, POST /_faults
+Structured output (response_format json_schema, as the customer-memory
+extraction sends it) is checked like OpenAI's strict mode (every object
+closed with additionalProperties false and all its properties required) and
+answered with the canned JSON set by POST /_extraction (default {"facts": []}).
+
+Test control: POST /_extraction, GET /_requests, POST /_reset, POST /_script, POST /_faults
 {"path_regex", "count", "status", "retry_after", "delay_ms", "malformed"}
 (429 answers carry a Retry-After header when retry_after is given).
 
@@ -37,6 +42,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 LANG = re.compile(r"Reply language: ([a-z]{2,3})")
 
 
+
+def strict_problem(schema, name, ctx="()"):
+    """What OpenAI's strict structured outputs would refuse in SCHEMA, or None."""
+    if schema.get("type") == "object" or "properties" in schema:
+        if schema.get("additionalProperties") is not False:
+            return ("Invalid schema for response_format '%s': In context=%s, 'additionalProperties' is required to "
+                    "be supplied and to be false." % (name, ctx))
+        props = schema.get("properties", {})
+        missing = [k for k in props if k not in schema.get("required", [])]
+        if missing:
+            return ("Invalid schema for response_format '%s': In context=%s, 'required' is required to be supplied "
+                    "and to be an array including every key in properties. Missing '%s'." % (name, ctx, missing[0]))
+        for k, v in props.items():
+            bad = strict_problem(v, name, "('properties', '%s')" % k)
+            if bad:
+                return bad
+    if isinstance(schema.get("items"), dict):
+        return strict_problem(schema["items"], name, ctx + ", 'items'")
+    return None
+
 class State:
     def __init__(self, key):
         self.key = key
@@ -45,6 +70,7 @@ class State:
 
     def reset(self):
         self.requests, self.faults, self.script, self.prefixes = [], [], [], []
+        self.extraction = {"facts": []}  # the canned answer to response_format json_schema requests
 
 
 def oerror(message, etype, code=None):
@@ -93,6 +119,9 @@ class Handler(BaseHTTPRequestHandler):
                     f.setdefault("count", 1)
                     st.faults.append(f)
                     return self.reply(200, {"ok": True})
+                if self.path == "/_extraction":
+                    st.extraction = body
+                    return self.reply(200, {"ok": True})
                 if self.path == "/_script":
                     st.script.extend((body or {}).get("answers", []))
                     return self.reply(200, {"ok": True})
@@ -126,6 +155,27 @@ class Handler(BaseHTTPRequestHandler):
 
     def complete(self, st, b):
         msgs = b["messages"]
+        rf = b.get("response_format")
+        if isinstance(rf, dict) and rf.get("type") == "json_schema":
+            # structured output (customer-memory extraction), checked as strictly as OpenAI does
+            js = rf.get("json_schema") or {}
+            if not js.get("name") or not isinstance(js.get("schema"), dict):
+                return self.reply(400, oerror("Missing required parameter: 'response_format.json_schema.name'",
+                                              "invalid_request_error"))
+            if js.get("strict"):
+                bad = strict_problem(js["schema"], js["name"])
+                if bad:
+                    return self.reply(400, oerror(bad, "invalid_request_error"))
+            with st.lock:
+                content = json.dumps(st.extraction, ensure_ascii=False)
+            chars = sum(len(m.get("content") or "") for m in msgs)
+            return self.reply(200, {
+                "id": "chatcmpl-" + uuid.uuid4().hex[:12], "object": "chat.completion", "created": int(time.time()),
+                "model": b["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": chars // 4, "completion_tokens": len(content) // 4 + 1,
+                          "total_tokens": chars // 4 + len(content) // 4 + 1}})
         with st.lock:
             scripted = st.script.pop(0) if st.script else None
         chars = sum(len(m.get("content") or "") for m in msgs)

@@ -103,7 +103,8 @@ class State(KokoTestCase):
                                "'shop:conv:chatwoot:1:history'").fetchone()[0]
         finally:
             db.close()
-        self.assertEqual(rows, [("shop:contact:7:convs", "chatwoot:1"), ("shop:contact:8:convs", "chatwoot:2")])
+        self.assertEqual(rows, [("shop:contact:chatwoot%3A7:convs", "chatwoot:1"),
+                                ("shop:contact:chatwoot%3A8:convs", "chatwoot:2")])
         lang = state.get("lang")
         self.assertEqual(lang.decode() if isinstance(lang, bytes) else lang, "hu")
         self.assertEqual(turns, 4)
