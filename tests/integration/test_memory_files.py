@@ -6,8 +6,8 @@ with the same lines while the old generation keeps answering; once fixed, the
 new holding and handoff texts are what the customer gets from the fallback
 chain; and an edited decisions.json reaches the gemini context cache (a new
 cache, the old one deleted) and the openai system prompt. The shipped
-doc/*.schema.json accept the shipped memory/demo files (when python3-jsonschema
-is installed).
+doc/*.schema.json accept the shipped memory/demo files (checked with
+python3-jsonschema, which setup.sh installs).
 """
 import json
 import os
@@ -225,7 +225,7 @@ class Schemas(unittest.TestCase):
         try:
             import jsonschema
         except ImportError:
-            self.skipTest("python3-jsonschema is not installed")
+            self.fail("python3-jsonschema is not installed: bash setup.sh deps installs it")
         for name in ("identity", "decisions"):
             with open(os.path.join(SRCDIR, "doc", name + ".schema.json"), encoding="utf-8") as f:
                 schema = json.load(f)
