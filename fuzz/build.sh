@@ -14,10 +14,16 @@ $CC -o "$out/fuzz_yamltree" "$src/fuzz/fuzz_yamltree.c" "$src/core/yamltree.c" "
 $CC -o "$out/fuzz_lang" "$src/fuzz/fuzz_lang.c" "$src/core/lang.c" $PKG
 $CC -o "$out/fuzz_chatwoot" "$src/fuzz/fuzz_chatwoot.c" "$src/tests/fakehost.c" "$src/core/httpc.c" \
     "$src/core/curlfn.c" "$src"/plugins/chatwoot/*.c $PKG $(pkg-config --cflags --libs libcrypto) -ldl
-for f in yamltree lang chatwoot; do
+$CC -o "$out/fuzz_custmem" "$src/fuzz/fuzz_custmem.c" "$src/core/custmem_facts.c" "$src/core/text.c" "$src/core/util.c" \
+    $PKG $(pkg-config --cflags --libs libstemmer 2>/dev/null || echo -lstemmer)
+for f in yamltree lang chatwoot custmem; do
     mkdir -p "$out/corpus-$f"
     case $f in
     yamltree) cp "$src"/tests/data/config/*.yaml "$out/corpus-$f/" ;;
+    custmem) printf '%s' '{"facts": [{"text": "Csak délután ér rá.", "kind": "preference", "replaces": ""}]}' \
+                 >"$out/corpus-$f/a.json"
+             printf '%s' '{"text": "Budapesten lakik", "expires": "2027-01-31"}' >"$out/corpus-$f/b.json"
+             printf '%s' 'email:anna@example.hu' >"$out/corpus-$f/c.txt" ;;
     lang) cut -f2 "$src/tests/data/lang_samples.tsv" | split -l 1 - "$out/corpus-$f/s" ;;
     chatwoot) python3 -c "
 import sys, json; sys.path.insert(0, '$src/tests/fakes')
