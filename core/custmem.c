@@ -69,10 +69,7 @@ typedef struct cm_op cm_op;
 typedef void (*cm_stage_fn)(cm_op *op);
 typedef void (*cm_take_fn)(cm_op *op, const store_result *r, const char *ud);
 
-typedef enum cm_kind { OP_GET, OP_PUT, OP_EXPORT, OP_FORGET, OP_SUMMARY, OP_PROMPT, OP_EXTRACT, OP_JOB } cm_kind;
-
 struct cm_op {
-    cm_kind kind;
     kokod *kd;
     store *st;
     generation *g;      /* held (gen_ref) by extraction */
@@ -92,7 +89,8 @@ struct cm_op {
     json_t *aliases;    /* keys linked to the canonical */
     char *link;         /* the asked contact's @link */
     json_t *body;       /* put: the request; extract: the request */
-    json_t *people;     /* export/forget: every key of the person -> {"facts":{..},"convs":{..},"keys":[..]} */
+    json_t *linked;     /* put: each contact to link -> its own hash {"facts", "@link", "@aliases"} */
+    json_t *keys;       /* export: the store keys found under the person's contact prefixes; summary: facts hashes */
     json_t *convs;      /* export/forget: "ch:conv" -> {"channel","conversation_id","first_seen","state","history"} */
     json_t *jobs;       /* pending extraction jobs of the person: field -> job */
     json_t *queue, *dead; /* queue entries / dead letters carrying the person's messages */
@@ -161,7 +159,8 @@ static void op_free(cm_op *op)
     json_decref(op->facts);
     json_decref(op->aliases);
     json_decref(op->body);
-    json_decref(op->people);
+    json_decref(op->linked);
+    json_decref(op->keys);
     json_decref(op->convs);
     json_decref(op->jobs);
     json_decref(op->queue);
@@ -171,10 +170,9 @@ static void op_free(cm_op *op)
     free(op);
 }
 
-static cm_op *op_new(cm_kind kind, kokod *kd, const char *tname, const char *contact)
+static cm_op *op_new(kokod *kd, const char *tname, const char *contact)
 {
     cm_op *op = xcalloc(1, sizeof *op);
-    op->kind = kind;
     op->kd = kd;
     op->st = kd->store;
     op->tenant = xstrdup(tname);
@@ -182,7 +180,8 @@ static cm_op *op_new(cm_kind kind, kokod *kd, const char *tname, const char *con
     op->status = 200;
     op->facts = json_object();
     op->aliases = json_array();
-    op->people = json_object();
+    op->linked = json_object();
+    op->keys = json_array();
     op->live_next = live_ops;
     if (live_ops)
         live_ops->live_prev = op;
@@ -492,7 +491,7 @@ static int check_contact(cm_op *op)
 
 void custmem_get(kokod *kd, const char *tname, const char *contact, custmem_fn done, void *arg)
 {
-    cm_op *op = op_new(OP_GET, kd, tname, contact);
+    cm_op *op = op_new(kd, tname, contact);
     op->done = done;
     op->arg = arg;
     check_contact(op);
@@ -523,7 +522,7 @@ static void prompt_first(cm_op *op) { resolve(op, prompt_done); }
 void custmem_prompt_facts(kokod *kd, const char *tname, const char *contact, const char *text, size_t budget_tokens,
                           custmem_facts_fn done, void *arg)
 {
-    cm_op *op = op_new(OP_PROMPT, kd, tname, contact);
+    cm_op *op = op_new(kd, tname, contact);
     op->facts_done = done;
     op->arg = arg;
     op->text = xstrdup(text ? text : "");
@@ -565,7 +564,7 @@ static void write_merge(cm_op *op, const json_t *incoming, const char *source)
 
 static void put_done(cm_op *op) { op_finish(op, op->error ? NULL : person_doc(op)); }
 
-/* The linked keys' own facts are loaded into people[key]; move them over. */
+/* The linked keys' own facts are loaded into op->linked; move them over. */
 static void put_links_loaded(cm_op *op)
 {
     if (op->error) {
@@ -580,7 +579,7 @@ static void put_links_loaded(cm_op *op)
     json_array_foreach(links, i, l)
     {
         const char *lk = json_string_value(l);
-        const json_t *pf = json_object_get(op->people, lk);
+        const json_t *pf = json_object_get(op->linked, lk);
         const char *other = json_string_value(json_object_get(pf, "@link"));
         if (other && strcmp(other, op->canon) != 0) {
             op_error(op, 409, "contact \"%s\" is linked to \"%s\" already; forget or unlink that first", lk, other);
@@ -604,7 +603,7 @@ static void put_links_loaded(cm_op *op)
         json_t *moved = json_array();
         const char *id;
         json_t *f;
-        json_object_foreach(json_object_get(json_object_get(op->people, lk), "facts"), id, f)
+        json_object_foreach(json_object_get(json_object_get(op->linked, lk), "facts"), id, f)
             json_array_append(moved, f);
         write_merge(op, moved, NULL);
         json_decref(moved);
@@ -641,7 +640,7 @@ static void take_link_facts(cm_op *op, const store_result *r, const char *ud)
                 json_decref(f);
         }
     }
-    json_object_set_new(op->people, ud, p);
+    json_object_set_new(op->linked, ud, p);
 }
 
 static void put_resolved(cm_op *op)
@@ -685,7 +684,7 @@ static void put_first(cm_op *op) { resolve(op, put_resolved); }
 
 void custmem_put(kokod *kd, const char *tname, const char *contact, const json_t *body, custmem_fn done, void *arg)
 {
-    cm_op *op = op_new(OP_PUT, kd, tname, contact);
+    cm_op *op = op_new(kd, tname, contact);
     op->done = done;
     op->arg = arg;
     op->body = json_object();
@@ -779,7 +778,7 @@ static void take_convs(cm_op *op, const store_result *r, const char *ud)
 static void take_keys(cm_op *op, const store_result *r, const char *ud)
 {
     (void)ud;
-    json_t *keys = json_object_get(op->people, "@keys");
+    json_t *keys = op->keys;
     for (size_t i = 0; i < r->n_items; i++)
         json_array_append_new(keys, json_string(r->items[i].name));
 }
@@ -852,7 +851,6 @@ static void walk_resolved(cm_op *op)
     op->jobs = json_object();
     op->queue = json_array();
     op->dead = json_array();
-    json_object_set_new(op->people, "@keys", json_array());
     op->next = walk_convs_loaded;
     json_t *everyone = json_array();
     json_array_append_new(everyone, json_string(op->canon));
@@ -928,6 +926,16 @@ static void walk(cm_op *op, cm_stage_fn then)
     resolve(op, walk_resolved);
 }
 
+/* Now as "2026-11-24T13:59:28Z" into AT; returns the unix time. */
+static time_t iso_now(char at[32])
+{
+    time_t now = (time_t)util_unix_time();
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(at, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return now;
+}
+
 static json_t *export_doc(cm_op *op)
 {
     json_t *convs = json_array();
@@ -937,15 +945,11 @@ static json_t *export_doc(cm_op *op)
     json_t *jobs = json_array();
     json_object_foreach(op->jobs, f, c) json_array_append(jobs, c);
     char at[32];
-    time_t now = (time_t)util_unix_time();
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(at, sizeof at, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    json_t *keys = json_object_get(op->people, "@keys");
+    iso_now(at);
     return json_pack("{s:s,s:s,s:s,s:O,s:s,s:o,s:o,s:o,s:O,s:O,s:O}", "tenant", op->tenant, "contact", op->contact,
                      "canonical", op->canon, "aliases", op->aliases, "exported_at", at, "facts", facts_list(op->facts),
                      "conversations", convs, "pending_extractions", jobs, "queue_entries", op->queue, "dead_letters",
-                     op->dead, "store_keys", keys ? keys : json_array());
+                     op->dead, "store_keys", op->keys);
 }
 
 static void export_walked(cm_op *op) { op_finish(op, op->error ? NULL : export_doc(op)); }
@@ -954,7 +958,7 @@ static void export_first(cm_op *op) { walk(op, export_walked); }
 
 void custmem_export(kokod *kd, const char *tname, const char *contact, custmem_fn done, void *arg)
 {
-    cm_op *op = op_new(OP_EXPORT, kd, tname, contact);
+    cm_op *op = op_new(kd, tname, contact);
     op->done = done;
     op->arg = arg;
     check_contact(op);
@@ -981,10 +985,7 @@ static void forget_deleted(cm_op *op)
     json_t *v;
     json_object_foreach(d, k, v) total += json_integer_value(v);
     char rid[40], at[32];
-    time_t now = (time_t)util_unix_time();
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(at, sizeof at, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    time_t now = iso_now(at);
     uint64_t h = util_fnv1a64(op->contact, strlen(op->contact)) ^ util_now_ms() ^ ((uint64_t)rand() << 32);
     snprintf(rid, sizeof rid, "fgt-%lld-%08" PRIx64, (long long)now, h & 0xffffffffu);
     json_t *receipt = json_pack(
@@ -1068,7 +1069,7 @@ static void forget_first(cm_op *op) { walk(op, forget_walked); }
 
 void custmem_forget(kokod *kd, const char *tname, const char *contact, custmem_fn done, void *arg)
 {
-    cm_op *op = op_new(OP_FORGET, kd, tname, contact);
+    cm_op *op = op_new(kd, tname, contact);
     op->done = done;
     op->arg = arg;
     check_contact(op);
@@ -1106,7 +1107,7 @@ static void summary_done(cm_op *op)
 static void take_fact_keys(cm_op *op, const store_result *r, const char *ud)
 {
     (void)ud;
-    json_t *keys = json_object_get(op->people, "@keys");
+    json_t *keys = op->keys;
     for (size_t i = 0; i < r->n_items && i < 10000; i++) {
         size_t l = strlen(r->items[i].name);
         if (l > 6 && strcmp(r->items[i].name + l - 6, ":facts") == 0)
@@ -1123,7 +1124,7 @@ static void summary_keys(cm_op *op)
     op->next = summary_done;
     size_t i;
     json_t *v;
-    json_array_foreach(json_object_get(op->people, "@keys"), i, v)
+    json_array_foreach(op->keys, i, v)
     {
         cm_call *c = call(op, take_fact_count, NULL);
         refused(c, store_hash_getall(op->st, json_string_value(v), on_store, c));
@@ -1139,7 +1140,6 @@ static void take_job_count(cm_op *op, const store_result *r, const char *ud)
 
 static void summary_first(cm_op *op)
 {
-    json_object_set_new(op->people, "@keys", json_array());
     op->deleted = json_pack("{s:i,s:i,s:i}", "customers", 0, "facts", 0, "pending_extractions", 0);
     op->jobs = json_object();
     op->next = summary_keys;
@@ -1156,7 +1156,7 @@ static void summary_first(cm_op *op)
 
 void custmem_summary(kokod *kd, generation *g, const char *tname, custmem_fn done, void *arg)
 {
-    cm_op *op = op_new(OP_SUMMARY, kd, tname, NULL);
+    cm_op *op = op_new(kd, tname, NULL);
     op->done = done;
     op->arg = arg;
     op->g = g;
@@ -1467,7 +1467,7 @@ static void extract_first(cm_op *op)
 
 void custmem_extract(kokod *kd, generation *g, const char *tname, const json_t *req, custmem_fn done, void *arg)
 {
-    cm_op *op = op_new(OP_EXTRACT, kd, tname, NULL);
+    cm_op *op = op_new(kd, tname, NULL);
     op->done = done;
     op->arg = arg;
     op->g = g;
@@ -1719,7 +1719,7 @@ static void job_first(cm_op *op)
 
 static void job_start(runner *r, generation *g, const char *tenant_name, const char *field, const json_t *job)
 {
-    cm_op *op = op_new(OP_JOB, r->kd, tenant_name, NULL);
+    cm_op *op = op_new(r->kd, tenant_name, NULL);
     op->g = g;
     gen_ref(g);
     op->job_field = xstrdup(field);
