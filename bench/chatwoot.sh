@@ -19,7 +19,8 @@
 # Environment (set by bench/bench.am): KOKOD, FALLBACK_DIR, CHATWOOT_DIR, BARE_EVHTTP,
 # CW_BENCH, KOKO_SRCDIR; knobs: BENCH_DURATION (5s), BENCH_ROUNDS (3), BENCH_CONNECTIONS
 # (32), BENCH_THREADS (1), BENCH_CW_RATE (1000), BENCH_CW_SECONDS (10), BENCH_CW_CONNECTIONS (8),
-# BENCH_CW_ONLY (webhooks or e2e: run only that part).
+# BENCH_CW_ONLY (webhooks or e2e: run only that part), BENCH_CW_SYNC (state.synchronous of
+# kokod: tiered, the default, full or normal — to compare the durability tiers).
 
 set -u
 
@@ -38,6 +39,7 @@ set -u
 : "${BENCH_CW_SECONDS:=10}"
 : "${BENCH_CW_CONNECTIONS:=8}"
 : "${BENCH_CW_ONLY:=}"
+: "${BENCH_CW_SYNC:=}"
 
 E2E_TARGET_MS=5
 SECRET=bench-secret
@@ -136,7 +138,10 @@ duration_s()
 # start_kokod REST_PORT NAME: the demo config + the chatwoot channel; sets KOKOD_PID, KPORT
 start_kokod()
 {
-    sed -e "s|^\( *control:\).*|\1 \"$TMP/$2.sock\"|" -e "/^  demo:\$/a\\
+    sync_line=
+    [ -n "$BENCH_CW_SYNC" ] && sync_line="  synchronous: $BENCH_CW_SYNC"
+    sed -e "s|^\( *control:\).*|\1 \"$TMP/$2.sock\"|" ${sync_line:+-e "/^state:\$/a\\
+$sync_line"} -e "/^  demo:\$/a\\
     channels:\\
       chatwoot:\\
         base_url: \"http://127.0.0.1:$1\"\\
@@ -202,7 +207,7 @@ wrk_health() # NAME URL: requests/s of GET URL
 
 echo "kokod Chatwoot benchmarks — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc 2>/dev/null || echo '?') CPUs, \
 wrk -t$BENCH_THREADS -c$BENCH_CONNECTIONS -d$BENCH_DURATION, $BENCH_ROUNDS alternating rounds, medians; \
-e2e $BENCH_CW_RATE msg/s for $BENCH_CW_SECONDS s"
+e2e $BENCH_CW_RATE msg/s for $BENCH_CW_SECONDS s, state.synchronous ${BENCH_CW_SYNC:-tiered (default)}"
 echo "loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 

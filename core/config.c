@@ -71,6 +71,8 @@ static const sc_field f_server[] = {
     {0},
 };
 
+/* in STORE_SYNC_* order (core/store.h) */
+static const char *const sync_modes[] = {"tiered", "full", "normal", NULL};
 static const sc_field f_state[] = {
     {.key = "dir", .type = SC_STRING, .flags = SC_NONEMPTY, .doc = "state directory (embedded store, plugin cache)"},
     {.key = "redis", .type = SC_STRING, .flags = SC_NONEMPTY | SC_NULLABLE,
@@ -84,6 +86,8 @@ static const sc_field f_state[] = {
      .doc = "how long a claimed queue entry is ours before another consumer may take it"},
     {.key = "max_attempts", .type = SC_INT, .flags = SC_RANGE, .min = 1, .max = 100,
      .doc = "deliveries of a queue entry before it becomes a dead letter"},
+    {.key = "synchronous", .type = SC_STRING, .one_of = sync_modes,
+     .doc = "embedded store: which commits are fsync'ed (tiered: accepting ones; full: all; normal: none)"},
     {0},
 };
 
@@ -450,6 +454,11 @@ core_config *config_load(const char *file, const char *const *extra, size_t next
     c->state_lease_ms = lm ? (int)json_integer_value(lm) : CONFIG_DEFAULT_LEASE_MS;
     const json_t *ma = json_object_get(state, "max_attempts");
     c->state_max_attempts = ma ? (int)json_integer_value(ma) : CONFIG_DEFAULT_MAX_ATTEMPTS;
+    const char *sync = str_or(state, "synchronous", sync_modes[0]);
+    c->state_synchronous = 0;
+    for (int i = 0; sync_modes[i]; i++)
+        if (strcmp(sync, sync_modes[i]) == 0)
+            c->state_synchronous = i;
     char *cache = util_path_join(c->state_dir, "plugins");
     loader_set_cache_dir(ld, cache);
     free(cache);

@@ -60,6 +60,7 @@ typedef struct core_config {
     char *state_group;
     int state_lease_ms;     /* queue lease (state.lease_ms) */
     int state_max_attempts; /* deliveries before a dead letter (state.max_attempts) */
+    int state_synchronous;  /* embedded store: STORE_SYNC_* (state.synchronous) */
     char **plugin_path;  /* search path: -P/KOKO_PLUGIN_PATH first, then plugins:, then PLUGINDIR */
     size_t n_plugin_path;
     char *log_level;     /* NULL = leave as is */

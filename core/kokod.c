@@ -122,7 +122,7 @@ kokod *kokod_new(const char *config_path, const char *const *extra, size_t nextr
     util_mkdir_p(cfg->state_dir, 0700);
     store_options so = {.dir = cfg->state_dir, .redis_url = cfg->state_redis, .password_env = cfg->state_password_env,
                         .prefix = cfg->state_prefix, .group = cfg->state_group,
-                        .max_attempts = cfg->state_max_attempts};
+                        .max_attempts = cfg->state_max_attempts, .synchronous = cfg->state_synchronous};
     kd->store = store_open(kd->base, &so, err, sizeof err);
     if (!kd->store) {
         diag_add(d, NULL, 0, 0, NULL, "cannot open the state store: %s", err);

@@ -40,6 +40,7 @@
 #define HOLD_CAP 512      /* queue entries held in process at most */
 #define CLAIM_BATCH 128
 #define POLL_MS 100       /* claim this often when the queue looked empty */
+#define FRESH_RING 1024   /* just-accepted entries remembered for their first claim */
 
 /* ---- conversations: small chained hash + LRU list ---- */
 
@@ -111,7 +112,12 @@ struct pipeline {
     /* the queue consumer */
     struct event *pump_ev;
     char consumer[160];
-    int claiming; /* a claim is in flight */
+    int claiming;   /* a claim is in flight */
+    int kick_again; /* a message was accepted while it was: claim again when it returns */
+    /* entries this process accepted and wrote the dedup key for, not claimed yet:
+     * their claim needs no dedup read (a ring; one pushed out is read as usual) */
+    char *fresh[FRESH_RING];
+    size_t fresh_next;
     int closing;  /* pipeline_stop() ran: store callbacks only free */
 };
 
@@ -305,11 +311,15 @@ typedef struct conv_load {
     unsigned version;
     int have_contact; /* the state hash names a contact already */
     json_t *state;    /* owner, lang from the store (NULL: none) */
+    int waiting;      /* of the state and history reads, sent at once */
+    int hist_ok;      /* the history was read: it replaces the cache's turns */
+    koko_turn *hist;
+    size_t n_hist;
     conv_loaded_fn done;
     void *arg;
 } conv_load;
 
-static void conv_load_finish(conv_load *cl, const store_result *hist)
+static void conv_load_finish(conv_load *cl)
 {
     pipeline *p = cl->p;
     conv *c = conv_get(p, cl->key, 1);
@@ -322,26 +332,19 @@ static void conv_load_finish(conv_load *cl, const store_result *hist)
         const char *l = json_string_value(json_object_get(cl->state, "lang"));
         if (l)
             snprintf(c->lang, sizeof c->lang, "%s", l);
-        if (hist && hist->status == STORE_OK) {
+        if (cl->hist_ok) {
             for (size_t i = 0; i < c->n_turns; i++)
                 free((char *)c->turns[i].text);
             free(c->turns);
-            c->turns = NULL;
-            c->n_turns = 0;
-            if (hist->n_items)
-                c->turns = xcalloc(hist->n_items, sizeof *c->turns);
-            for (size_t i = 0; i < hist->n_items; i++) {
-                json_t *t = json_loadb(hist->items[i].value, hist->items[i].value_len, 0, NULL);
-                const char *text = json_string_value(json_object_get(t, "text"));
-                if (text) {
-                    c->turns[c->n_turns].role = role_static(json_string_value(json_object_get(t, "role")));
-                    c->turns[c->n_turns].text = xstrdup(text);
-                    c->n_turns++;
-                }
-                json_decref(t);
-            }
+            c->turns = cl->hist;
+            c->n_turns = cl->n_hist;
+            cl->hist = NULL;
+            cl->n_hist = 0;
         }
     }
+    for (size_t i = 0; i < cl->n_hist; i++)
+        free((char *)cl->hist[i].text);
+    free(cl->hist);
     if (!p->closing && !cl->have_contact && cl->contact && *cl->contact && p->kd->store) {
         /* first sight of this conversation for its contact: the index GDPR export / forget walks */
         conv_state_put(c, "contact", cl->contact);
@@ -370,13 +373,28 @@ static void on_history_loaded(const store_result *r, void *arg)
     if (r->status != STORE_OK && r->status != STORE_E_CLOSED)
         log_warn("pipeline", "history of conversation %s not loaded: %s (answering from the cache)",
                  strrchr(cl->key, '\x1f') + 1, r->error ? r->error : "store error");
-    conv_load_finish(cl, r);
+    if (r->status == STORE_OK) {
+        cl->hist_ok = 1;
+        if (r->n_items)
+            cl->hist = xcalloc(r->n_items, sizeof *cl->hist);
+        for (size_t i = 0; i < r->n_items; i++) {
+            json_t *t = json_loadb(r->items[i].value, r->items[i].value_len, 0, NULL);
+            const char *text = json_string_value(json_object_get(t, "text"));
+            if (text) {
+                cl->hist[cl->n_hist].role = role_static(json_string_value(json_object_get(t, "role")));
+                cl->hist[cl->n_hist].text = xstrdup(text);
+                cl->n_hist++;
+            }
+            json_decref(t);
+        }
+    }
+    if (--cl->waiting == 0)
+        conv_load_finish(cl);
 }
 
 static void on_state_loaded(const store_result *r, void *arg)
 {
     conv_load *cl = arg;
-    pipeline *p = cl->p;
     if (r->status == STORE_OK) {
         cl->state = json_object();
         for (size_t i = 0; i < r->n_items; i++) {
@@ -390,18 +408,15 @@ static void on_state_loaded(const store_result *r, void *arg)
             log_warn("pipeline", "state of conversation %s not loaded: %s (using the cache)",
                      strrchr(cl->key, '\x1f') + 1, r->error ? r->error : "store error");
     }
-    conv *c = conv_get(p, cl->key, 1);
-    char *k = util_asprintf("%s:history", c->skey);
-    int rc = p->closing || r->status != STORE_OK ? -1 : store_list_range(p->kd->store, k, 0, -1, on_history_loaded, cl);
-    free(k);
-    if (rc != 0)
-        conv_load_finish(cl, NULL);
+    if (--cl->waiting == 0)
+        conv_load_finish(cl);
 }
 
 /* Load the state and history of conversation KEY from the store into the
  * cache, then DONE(c, ARG) — always, later, on the loop (also when the store
  * fails: the cache is used then). CONTACT (borrowed, may be NULL) is indexed
- * the first time the conversation is seen. */
+ * the first time the conversation is seen. Both reads go out at once (one
+ * round trip); a history read that failed leaves the cached turns. */
 static void conv_load_start(pipeline *p, const char *key, const char *contact, conv_loaded_fn done, void *arg)
 {
     conv *c = conv_get(p, key, 1);
@@ -419,8 +434,14 @@ static void conv_load_start(pipeline *p, const char *key, const char *contact, c
     free(k);
     if (rc != 0) {
         cl->have_contact = 1;
-        conv_load_finish(cl, NULL);
+        conv_load_finish(cl);
+        return;
     }
+    cl->waiting = 2;
+    k = util_asprintf("%s:history", c->skey);
+    if (store_list_range(p->kd->store, k, 0, -1, on_history_loaded, cl) != 0)
+        cl->waiting--; /* the store is closing: the state read's callback finishes */
+    free(k);
 }
 
 /* ---- queue entries held by this process ---- */
@@ -1212,6 +1233,7 @@ static char *msg_key(const char *tenant_name, const char *what, const char *chan
 /* ---- queue entries: finished (ack) or failed ---- */
 
 static void pump_kick(pipeline *p);
+static void fresh_add(pipeline *p, const char *id);
 
 static void on_entry_done(const store_result *r, void *arg)
 {
@@ -1619,6 +1641,8 @@ static void on_dedup_owner(const store_result *r, void *arg)
 static void on_dedup(const store_result *r, void *arg)
 {
     acceptance *a = arg;
+    if (r->status == STORE_OK && r->integer == 1 && !a->p->closing)
+        fresh_add(a->p, a->qid);
     if (r->status == STORE_OK && r->integer == 0 && !a->p->closing) {
         /* taken: by an earlier copy of this message, or by our own entry's consumer */
         if (store_get(a->p->kd->store, a->dedup_key, on_dedup_owner, a) == 0)
@@ -1659,8 +1683,13 @@ static void on_queued(const store_result *r, void *arg)
     }
     a->qid = xstrdup(r->value);
     a->st = KOKO_SUBMIT_ACCEPTED;
-    if (store_set_nx(a->p->kd->store, a->dedup_key, a->qid, strlen(a->qid), DEDUP_TTL_MS, on_dedup, a) != 0)
+    if (store_set_nx(a->p->kd->store, a->dedup_key, a->qid, strlen(a->qid), DEDUP_TTL_MS, on_dedup, a) != 0) {
         accept_answer(a);
+        return;
+    }
+    /* claim it now: the claim goes out after the dedup key (same batch or the next), so
+     * on_dedup has run by the time the claim returns; the channel's 200 does not wait */
+    pump_kick(a->p);
 }
 
 void pipeline_submit(pipeline *p, koko_instance *channel, const koko_msg *msg, koko_submit_fn done, void *arg)
@@ -1856,6 +1885,30 @@ static void pump_kick(pipeline *p)
 {
     if (!p->claiming)
         pump_at(p, 0);
+    else
+        p->kick_again = 1; /* the claim in flight may have been sent before the entry was added */
+}
+
+/* Remember entry ID: accepted here, its dedup key names it. */
+static void fresh_add(pipeline *p, const char *id)
+{
+    free(p->fresh[p->fresh_next]);
+    p->fresh[p->fresh_next] = xstrdup(id);
+    p->fresh_next = (p->fresh_next + 1) % FRESH_RING;
+}
+
+/* 1 when ID was accepted here (and forget it): it owns its dedup key. */
+static int fresh_take(pipeline *p, const char *id)
+{
+    for (size_t n = 0, i = p->fresh_next; n < FRESH_RING; n++) {
+        i = (i + FRESH_RING - 1) % FRESH_RING; /* newest first */
+        if (p->fresh[i] && strcmp(p->fresh[i], id) == 0) {
+            free(p->fresh[i]);
+            p->fresh[i] = NULL;
+            return 1;
+        }
+    }
+    return 0;
 }
 
 static void on_claimed(const store_result *r, void *arg)
@@ -1893,9 +1946,13 @@ static void on_claimed(const store_result *r, void *arg)
         claimed *cl = xcalloc(1, sizeof *cl);
         cl->p = p;
         cl->mc = mc;
-        check_owner(cl);
+        if (it->attempts == 1 && fresh_take(p, it->name))
+            check_marker(cl); /* accepted here a moment ago: its dedup key names it */
+        else
+            check_owner(cl);
     }
-    pump_at(p, r->n_items > 0 ? 0 : POLL_MS);
+    pump_at(p, r->n_items > 0 || p->kick_again ? 0 : POLL_MS);
+    p->kick_again = 0;
 }
 
 static void on_pump(evutil_socket_t fd, short what, void *arg)
@@ -1913,6 +1970,7 @@ static void on_pump(evutil_socket_t fd, short what, void *arg)
     size_t room = HOLD_CAP - p->n_held;
     int max = room < CLAIM_BATCH ? (int)room : CLAIM_BATCH;
     p->claiming = 1;
+    p->kick_again = 0;
     if (store_queue_claim(kd->store, p->consumer, kd->current->cfg->state_lease_ms, max, on_claimed, p) != 0) {
         p->claiming = 0;
         pump_at(p, 250);
@@ -2252,5 +2310,7 @@ void pipeline_free(pipeline *p)
     for (size_t b = 0; b < NBUCKETS; b++)
         while (p->hbuckets[b])
             held_del(p, p->hbuckets[b]->id);
+    for (size_t i = 0; i < FRESH_RING; i++)
+        free(p->fresh[i]);
     free(p);
 }

@@ -93,7 +93,17 @@ typedef struct store_options {
                                  doubles (default 5000) */
     int purge_interval_ms;    /* SQLite: how often expired keys are deleted (default 60000); they are
                                  invisible to reads from the moment they expire either way */
+    int synchronous;          /* SQLite: STORE_SYNC_* (default STORE_SYNC_TIERED): which commits wait
+                                 for an fsync (doc/state.md, "Durability tiers") */
 } store_options;
+
+/* SQLite commit durability (store_options.synchronous). */
+enum {
+    STORE_SYNC_TIERED = 0, /* a batch that accepts (queue_add, set_nx, queue_retry, del_prefix) is
+                              fsync'ed (synchronous=FULL); bookkeeping-only batches are not (NORMAL) */
+    STORE_SYNC_FULL = 1,   /* every batch is fsync'ed */
+    STORE_SYNC_NORMAL = 2, /* no batch is fsync'ed (the WAL is synced at checkpoints only) */
+};
 
 /*
  * Open a store on BASE (borrowed; must outlive the store). OPT is copied.

@@ -1,14 +1,18 @@
 /*
  * core/store_sqlite.c — the embedded store backend: one SQLite file in the
- * state directory, WAL mode, synchronous=FULL (doc/state.md says what that
- * means on power loss).
+ * state directory, WAL mode. state.synchronous picks which commits are
+ * fsync'ed: "tiered" (default) commits a batch that accepts something (a
+ * queued message, a dedup key) with synchronous=FULL and bookkeeping-only
+ * batches with NORMAL; "full" and "normal" use one level for all. A FULL
+ * commit in WAL mode syncs the WAL with every NORMAL commit before it.
+ * doc/state.md says what each means on kill -9 and on power loss.
  *
  * SQLite blocks on disk, so it never runs on the event loop: one worker
  * thread owns the connection and takes requests from a queue. It runs all the
  * requests waiting at that moment in ONE transaction (each in its own
- * savepoint, so one failing request does not undo the others), commits — one
- * fsync for the batch — and only then hands the results back to store.c, so
- * an OK callback always means "committed". Keys expire on read (an expired
+ * savepoint, so one failing request does not undo the others), commits — at
+ * most one fsync for the batch — and only then hands the results back to
+ * store.c, so an OK callback always means "committed". Keys expire on read (an expired
  * row is invisible and deleted when touched) and by a periodic purge.
  */
 #include "kokoconf.h"
@@ -33,10 +37,26 @@ static const char *const kind_name[] = {"nothing", "a string", "a list", "a hash
 
 #define STMT_CACHE 48
 
+/* One connection and its statement cache; the operations below run on one. */
+typedef struct sqc {
+    sqlite3 *db;
+    const char *path;
+    int ro; /* read-only: expired rows are skipped, never deleted */
+    int max_attempts;
+    struct {
+        const char *sql;
+        sqlite3_stmt *st;
+    } cache[STMT_CACHE];
+    size_t n_cache;
+} sqc;
+
 typedef struct sq {
     store *s;
-    sqlite3 *db;
+    sqc wr; /* the writer: every write, in batches */
     char *path;
+    int sync_mode;      /* STORE_SYNC_* */
+    int cur_sync;       /* PRAGMA synchronous now in force on wr (1 NORMAL, 2 FULL; 0 unknown) */
+    unsigned long n_full, n_normal; /* commits made with each, under mu */
     pthread_t th;
     int started;
     pthread_mutex_t mu;
@@ -45,13 +65,7 @@ typedef struct sq {
     int stop;               /* under mu */
     int healthy;            /* under mu */
     char why[512];          /* under mu */
-    int max_attempts;
     int64_t purge_ms, next_purge;
-    struct {
-        const char *sql;
-        sqlite3_stmt *st;
-    } cache[STMT_CACHE];
-    size_t n_cache;
 } sq;
 
 static int64_t now_ms(void)
@@ -62,7 +76,7 @@ static int64_t now_ms(void)
 }
 
 /* The cached, reset statement for SQL (a string literal: cached by address). */
-static sqlite3_stmt *q(sq *b, const char *sql)
+static sqlite3_stmt *q(sqc *b, const char *sql)
 {
     for (size_t i = 0; i < b->n_cache; i++)
         if (b->cache[i].sql == sql) {
@@ -82,7 +96,7 @@ static sqlite3_stmt *q(sq *b, const char *sql)
 }
 
 /* Statements beyond the cache (never, with the SQL below) are finalized after use. */
-static void q_done(sq *b, sqlite3_stmt *st)
+static void q_done(sqc *b, sqlite3_stmt *st)
 {
     for (size_t i = 0; i < b->n_cache; i++)
         if (b->cache[i].st == st) {
@@ -99,7 +113,7 @@ static const void *col_blob(sqlite3_stmt *st, int i)
     return p ? p : "";
 }
 
-static int db_fail(sq *b, store_req *req, const char *what)
+static int db_fail(sqc *b, store_req *req, const char *what)
 {
     store_req_fail(req, STORE_E_IO, "store (sqlite %s): %s failed: %s", b->path, what, sqlite3_errmsg(b->db));
     return -1;
@@ -108,7 +122,7 @@ static int db_fail(sq *b, store_req *req, const char *what)
 /* Run SQL with text/blob/int binds described by FMT: 't' text, 'b' blob
  * (pointer + size_t), 'i' int64. Returns SQLITE_ROW/DONE status of the first
  * step; *OUT receives the statement (for rows) when non-NULL, else it is reset. */
-static int run(sq *b, sqlite3_stmt **out, const char *sql, const char *fmt, ...)
+static int run(sqc *b, sqlite3_stmt **out, const char *sql, const char *fmt, ...)
 {
     sqlite3_stmt *st = q(b, sql);
     if (!st)
@@ -145,7 +159,7 @@ static int run(sq *b, sqlite3_stmt **out, const char *sql, const char *fmt, ...)
 
 #define STEP_OK(rc) ((rc) == SQLITE_ROW || (rc) == SQLITE_DONE)
 
-static int delete_key(sq *b, const char *key)
+static int delete_key(sqc *b, const char *key)
 {
     if (run(b, NULL, "DELETE FROM list_items WHERE key = ?1", "t", key) != SQLITE_DONE ||
         run(b, NULL, "DELETE FROM hash_fields WHERE key = ?1", "t", key) != SQLITE_DONE ||
@@ -155,7 +169,7 @@ static int delete_key(sq *b, const char *key)
 }
 
 /* The live kind of KEY (KT_*), -1 on a database error. Expired keys are deleted. */
-static int key_kind(sq *b, const char *key, int64_t now)
+static int key_kind(sqc *b, const char *key, int64_t now)
 {
     sqlite3_stmt *st;
     int rc = run(b, &st, "SELECT type, expires_at FROM kv WHERE key = ?1", "t", key);
@@ -167,12 +181,12 @@ static int key_kind(sq *b, const char *key, int64_t now)
     int64_t exp = sqlite3_column_int64(st, 1);
     q_done(b, st);
     if (exp > 0 && exp <= now)
-        return delete_key(b, key) < 0 ? -1 : KT_NONE;
+        return b->ro || delete_key(b, key) >= 0 ? KT_NONE : -1;
     return kind;
 }
 
 /* key_kind() that also insists on WANT (or absent); fails REQ otherwise. */
-static int kind_check(sq *b, store_req *req, int want, int64_t now)
+static int kind_check(sqc *b, store_req *req, int want, int64_t now)
 {
     int k = key_kind(b, req->key, now);
     if (k < 0)
@@ -185,7 +199,7 @@ static int kind_check(sq *b, store_req *req, int want, int64_t now)
     return k;
 }
 
-static int ensure_container(sq *b, store_req *req, int kind, int exists)
+static int ensure_container(sqc *b, store_req *req, int kind, int exists)
 {
     if (exists)
         return 0;
@@ -197,7 +211,7 @@ static int ensure_container(sq *b, store_req *req, int kind, int exists)
 
 /* ---- strings ---- */
 
-static int op_get(sq *b, store_req *req, int64_t now)
+static int op_get(sqc *b, store_req *req, int64_t now)
 {
     int k = kind_check(b, req, KT_STR, now);
     if (k <= 0)
@@ -210,7 +224,7 @@ static int op_get(sq *b, store_req *req, int64_t now)
     return 0;
 }
 
-static int put_string(sq *b, store_req *req, const void *val, size_t len, int64_t expires)
+static int put_string(sqc *b, store_req *req, const void *val, size_t len, int64_t expires)
 {
     if (delete_key(b, req->key) < 0 ||
         run(b, NULL, "INSERT INTO kv(key, type, value, expires_at) VALUES(?1, 1, ?2, ?3)", "tbi", req->key, val, len,
@@ -219,7 +233,7 @@ static int put_string(sq *b, store_req *req, const void *val, size_t len, int64_
     return 0;
 }
 
-static int op_set(sq *b, store_req *req, int64_t now, int nx)
+static int op_set(sqc *b, store_req *req, int64_t now, int nx)
 {
     if (nx) {
         int k = key_kind(b, req->key, now);
@@ -236,7 +250,7 @@ static int op_set(sq *b, store_req *req, int64_t now, int nx)
     return 0;
 }
 
-static int op_del(sq *b, store_req *req, int64_t now)
+static int op_del(sqc *b, store_req *req, int64_t now)
 {
     int k = key_kind(b, req->key, now);
     if (k < 0)
@@ -257,7 +271,7 @@ static void fmt_double(char *buf, size_t n, double v)
     }
 }
 
-static int op_incr(sq *b, store_req *req, int64_t now, int is_float)
+static int op_incr(sqc *b, store_req *req, int64_t now, int is_float)
 {
     int k = kind_check(b, req, KT_STR, now);
     if (k < 0)
@@ -319,7 +333,7 @@ static int op_incr(sq *b, store_req *req, int64_t now, int is_float)
     return 0;
 }
 
-static int op_expire(sq *b, store_req *req, int64_t now)
+static int op_expire(sqc *b, store_req *req, int64_t now)
 {
     int k = key_kind(b, req->key, now);
     if (k < 0)
@@ -334,7 +348,7 @@ static int op_expire(sq *b, store_req *req, int64_t now)
 
 /* ---- lists ---- */
 
-static int op_lpush(sq *b, store_req *req, int64_t now)
+static int op_lpush(sqc *b, store_req *req, int64_t now)
 {
     int k = kind_check(b, req, KT_LIST, now);
     if (k < 0 || ensure_container(b, req, KT_LIST, k != KT_NONE) < 0)
@@ -358,7 +372,7 @@ static int op_lpush(sq *b, store_req *req, int64_t now)
     return 0;
 }
 
-static int op_lrange(sq *b, store_req *req, int64_t now)
+static int op_lrange(sqc *b, store_req *req, int64_t now)
 {
     int k = kind_check(b, req, KT_LIST, now);
     if (k <= 0)
@@ -386,7 +400,7 @@ static int op_lrange(sq *b, store_req *req, int64_t now)
 
 /* ---- hashes ---- */
 
-static int op_hset(sq *b, store_req *req, int64_t now)
+static int op_hset(sqc *b, store_req *req, int64_t now)
 {
     int k = kind_check(b, req, KT_HASH, now);
     if (k < 0 || ensure_container(b, req, KT_HASH, k != KT_NONE) < 0)
@@ -403,7 +417,7 @@ static int op_hset(sq *b, store_req *req, int64_t now)
     return 0;
 }
 
-static int op_hget(sq *b, store_req *req, int64_t now)
+static int op_hget(sqc *b, store_req *req, int64_t now)
 {
     int k = kind_check(b, req, KT_HASH, now);
     if (k <= 0)
@@ -417,7 +431,7 @@ static int op_hget(sq *b, store_req *req, int64_t now)
     return STEP_OK(rc) ? 0 : db_fail(b, req, "reading a hash field");
 }
 
-static int op_hdel(sq *b, store_req *req, int64_t now)
+static int op_hdel(sqc *b, store_req *req, int64_t now)
 {
     int k = kind_check(b, req, KT_HASH, now);
     if (k <= 0)
@@ -433,7 +447,7 @@ static int op_hdel(sq *b, store_req *req, int64_t now)
     return 0;
 }
 
-static int op_hgetall(sq *b, store_req *req, int64_t now)
+static int op_hgetall(sqc *b, store_req *req, int64_t now)
 {
     int k = kind_check(b, req, KT_HASH, now);
     if (k <= 0)
@@ -474,7 +488,7 @@ static const char *const DEL_B[] = {"DELETE FROM list_items WHERE key >= ?1 AND 
 static const char *const DEL_U[] = {"DELETE FROM list_items WHERE key >= ?1",
                                     "DELETE FROM hash_fields WHERE key >= ?1", "DELETE FROM kv WHERE key >= ?1"};
 
-static int op_scan(sq *b, store_req *req, int64_t now, int del)
+static int op_scan(sqc *b, store_req *req, int64_t now, int del)
 {
     char *upper = prefix_upper(req->key);
     sqlite3_stmt *st;
@@ -508,7 +522,7 @@ static int parse_id(store_req *req, int64_t *id)
     return 0;
 }
 
-static int op_qadd(sq *b, store_req *req, int64_t now)
+static int op_qadd(sqc *b, store_req *req, int64_t now)
 {
     if (run(b, NULL, "INSERT INTO queue(payload, added_at) VALUES(?1, ?2)", "bi", req->val, req->val_len, now) !=
         SQLITE_DONE)
@@ -520,7 +534,7 @@ static int op_qadd(sq *b, store_req *req, int64_t now)
     return 0;
 }
 
-static int op_qclaim(sq *b, store_req *req, int64_t now)
+static int op_qclaim(sqc *b, store_req *req, int64_t now)
 {
     int64_t max = req->b;
     for (;;) {
@@ -577,7 +591,7 @@ static int op_qclaim(sq *b, store_req *req, int64_t now)
     return 0;
 }
 
-static int op_qack(sq *b, store_req *req)
+static int op_qack(sqc *b, store_req *req)
 {
     int64_t id;
     if (parse_id(req, &id) < 0) {
@@ -590,7 +604,7 @@ static int op_qack(sq *b, store_req *req)
     return 0;
 }
 
-static int op_qextend(sq *b, store_req *req, int64_t now)
+static int op_qextend(sqc *b, store_req *req, int64_t now)
 {
     int64_t id;
     if (parse_id(req, &id) < 0) {
@@ -604,7 +618,7 @@ static int op_qextend(sq *b, store_req *req, int64_t now)
     return 0;
 }
 
-static int op_qfail(sq *b, store_req *req, int64_t now)
+static int op_qfail(sqc *b, store_req *req, int64_t now)
 {
     int64_t id;
     if (parse_id(req, &id) < 0)
@@ -634,7 +648,7 @@ static int op_qfail(sq *b, store_req *req, int64_t now)
 }
 
 /* Dead letters (state 1) or, for SOP_QLIST, the entries not acked (state 0). */
-static int op_qdead(sq *b, store_req *req)
+static int op_qdead(sqc *b, store_req *req)
 {
     sqlite3_stmt *st;
     int live = req->op == SOP_QLIST;
@@ -660,7 +674,7 @@ static int op_qdead(sq *b, store_req *req)
     return rc == SQLITE_DONE ? 0 : db_fail(b, req, live ? "listing the queue" : "reading dead letters");
 }
 
-static int op_qdrop(sq *b, store_req *req)
+static int op_qdrop(sqc *b, store_req *req)
 {
     int64_t id;
     if (parse_id(req, &id) < 0)
@@ -671,7 +685,7 @@ static int op_qdrop(sq *b, store_req *req)
     return 0;
 }
 
-static int op_qretry(sq *b, store_req *req)
+static int op_qretry(sqc *b, store_req *req)
 {
     int64_t id;
     if (parse_id(req, &id) < 0)
@@ -690,7 +704,7 @@ static int op_qretry(sq *b, store_req *req)
     return 0;
 }
 
-static int op_qpending(sq *b, store_req *req)
+static int op_qpending(sqc *b, store_req *req)
 {
     sqlite3_stmt *st;
     if (run(b, &st, "SELECT COUNT(*) FROM queue WHERE state = 0", "") != SQLITE_ROW)
@@ -700,7 +714,7 @@ static int op_qpending(sq *b, store_req *req)
     return 0;
 }
 
-static int op_run(sq *b, store_req *req, int64_t now)
+static int op_run(sqc *b, store_req *req, int64_t now)
 {
     switch (req->op) {
     case SOP_GET: return op_get(b, req, now);
@@ -743,44 +757,86 @@ static void set_health(sq *b, int ok, const char *why)
     pthread_mutex_unlock(&b->mu);
 }
 
-static int exec_sql(sq *b, const char *sql)
+static int exec_sql(sqc *c, const char *sql)
 {
-    return sqlite3_exec(b->db, sql, NULL, NULL, NULL);
+    return sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+}
+
+static const char *const sync_names[] = {"tiered", "full", "normal"};
+
+/* Does BATCH accept something (state.synchronous: tiered)? A queued message,
+ * a dedup key (set_nx), a dead letter put back, or a prefix or dead letter
+ * forgotten (GDPR)
+ * must survive a power loss once reported; the rest is bookkeeping that a
+ * retry redoes (leases, acks, reply markers, history, state, counters). */
+static int batch_accepts(const store_req *batch)
+{
+    for (const store_req *r = batch; r; r = r->next)
+        if (r->op == SOP_QADD || r->op == SOP_SETNX || r->op == SOP_QRETRY || r->op == SOP_DELPFX ||
+            r->op == SOP_QDROP)
+            return 1;
+    return 0;
+}
+
+/* Put PRAGMA synchronous = LEVEL (1 NORMAL, 2 FULL) in force on the writer,
+ * between transactions; b->cur_sync is what SQLite reports back. */
+static void sync_level(sq *b, int level)
+{
+    if (b->cur_sync == level)
+        return;
+    sqc *c = &b->wr;
+    sqlite3_stmt *st = NULL;
+    b->cur_sync = 0;
+    if (exec_sql(c, level == 2 ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL") == SQLITE_OK &&
+        sqlite3_prepare_v2(c->db, "PRAGMA synchronous", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        b->cur_sync = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
 }
 
 /* Run BATCH in one transaction; results are handed back after the commit. */
 static void run_batch(sq *b, store_req *batch)
 {
+    sqc *c = &b->wr;
     int64_t now = now_ms();
     char why[512] = "";
-    if (exec_sql(b, "BEGIN IMMEDIATE") != SQLITE_OK)
+    sync_level(b, b->sync_mode == STORE_SYNC_FULL                                 ? 2
+                  : b->sync_mode == STORE_SYNC_TIERED && batch_accepts(batch) ? 2
+                                                                                  : 1);
+    if (exec_sql(c, "BEGIN IMMEDIATE") != SQLITE_OK)
         snprintf(why, sizeof why, "store (sqlite %s): cannot start a transaction: %s", b->path,
-                 sqlite3_errmsg(b->db));
+                 sqlite3_errmsg(c->db));
     for (store_req *r = batch; r && !why[0]; r = r->next) {
-        exec_sql(b, "SAVEPOINT op");
-        if (op_run(b, r, now) == 0) {
-            exec_sql(b, "RELEASE op");
-        } else if (sqlite3_get_autocommit(b->db)) {
+        exec_sql(c, "SAVEPOINT op");
+        if (op_run(c, r, now) == 0) {
+            exec_sql(c, "RELEASE op");
+        } else if (sqlite3_get_autocommit(c->db)) {
             /* SQLite rolled the whole transaction back (disk full, I/O error):
              * the requests before this one are undone too */
             snprintf(why, sizeof why, "store (sqlite %s): transaction rolled back: %s", b->path,
-                     sqlite3_errmsg(b->db));
+                     sqlite3_errmsg(c->db));
         } else {
-            exec_sql(b, "ROLLBACK TO op");
-            exec_sql(b, "RELEASE op");
+            exec_sql(c, "ROLLBACK TO op");
+            exec_sql(c, "RELEASE op");
         }
     }
-    if (!why[0] && exec_sql(b, "COMMIT") != SQLITE_OK) {
-        snprintf(why, sizeof why, "store (sqlite %s): commit failed: %s", b->path, sqlite3_errmsg(b->db));
-        exec_sql(b, "ROLLBACK");
+    if (!why[0] && exec_sql(c, "COMMIT") != SQLITE_OK) {
+        snprintf(why, sizeof why, "store (sqlite %s): commit failed: %s", b->path, sqlite3_errmsg(c->db));
+        exec_sql(c, "ROLLBACK");
     }
     if (why[0]) {
         for (store_req *r = batch; r; r = r->next)
             store_req_fail(r, STORE_E_IO, "%s", why);
         set_health(b, 0, why);
     } else {
-        snprintf(why, sizeof why, "sqlite %s (WAL, synchronous=FULL)", b->path);
-        set_health(b, 1, why);
+        pthread_mutex_lock(&b->mu);
+        if (b->cur_sync >= 2)
+            b->n_full++;
+        else
+            b->n_normal++;
+        b->healthy = 1;
+        snprintf(b->why, sizeof b->why, "sqlite %s (WAL, synchronous=%s: %lu commits fsync'ed, %lu not)", b->path,
+                 sync_names[b->sync_mode], b->n_full, b->n_normal);
+        pthread_mutex_unlock(&b->mu);
     }
     while (batch) {
         store_req *next = batch->next;
@@ -800,8 +856,8 @@ static void purge(sq *b)
              "DELETE FROM kv WHERE expires_at > 0 AND expires_at <= %lld;"
              "COMMIT;",
              (long long)now, (long long)now, (long long)now);
-    if (exec_sql(b, sql) != SQLITE_OK)
-        exec_sql(b, "ROLLBACK");
+    if (exec_sql(&b->wr, sql) != SQLITE_OK)
+        exec_sql(&b->wr, "ROLLBACK");
 }
 
 static void *worker(void *arg)
@@ -855,12 +911,19 @@ static void sq_submit(void *be, store_req *req)
     pthread_mutex_unlock(&b->mu);
 }
 
+static void conn_close(sqc *c)
+{
+    for (size_t i = 0; i < c->n_cache; i++)
+        sqlite3_finalize(c->cache[i].st);
+    c->n_cache = 0;
+    if (c->db)
+        sqlite3_close(c->db);
+    c->db = NULL;
+}
+
 static void sq_free(sq *b)
 {
-    for (size_t i = 0; i < b->n_cache; i++)
-        sqlite3_finalize(b->cache[i].st);
-    if (b->db)
-        sqlite3_close(b->db);
+    conn_close(&b->wr);
     pthread_cond_destroy(&b->cv);
     pthread_mutex_destroy(&b->mu);
     free(b->path);
@@ -921,37 +984,41 @@ void *store_sqlite_open(store *s, struct event_base *base, const store_options *
     sq *b = xcalloc(1, sizeof *b);
     b->s = s;
     b->path = util_path_join(dir, "koko.db");
-    b->max_attempts = opt->max_attempts > 0 ? opt->max_attempts : 5;
+    b->wr.path = b->path;
+    b->wr.max_attempts = opt->max_attempts > 0 ? opt->max_attempts : 5;
+    b->sync_mode = opt->synchronous >= STORE_SYNC_TIERED && opt->synchronous <= STORE_SYNC_NORMAL ? opt->synchronous
+                                                                                                  : STORE_SYNC_TIERED;
     b->purge_ms = opt->purge_interval_ms > 0 ? opt->purge_interval_ms : 60000;
     b->next_purge = now_ms(); /* purge once at start: keys may have expired while we were down */
     pthread_mutex_init(&b->mu, NULL);
     pthread_cond_init(&b->cv, NULL);
-    int rc = sqlite3_open_v2(b->path, &b->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    int rc = sqlite3_open_v2(b->path, &b->wr.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     char *msg = NULL;
     if (rc != SQLITE_OK) {
-        snprintf(err, errlen, "store: cannot open %s: %s", b->path, b->db ? sqlite3_errmsg(b->db) : sqlite3_errstr(rc));
+        snprintf(err, errlen, "store: cannot open %s: %s", b->path, b->wr.db ? sqlite3_errmsg(b->wr.db) : sqlite3_errstr(rc));
         goto fail;
     }
-    sqlite3_busy_timeout(b->db, 5000);
+    sqlite3_busy_timeout(b->wr.db, 5000);
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(b->db, "PRAGMA journal_mode = WAL", -1, &st, NULL) != SQLITE_OK ||
+    if (sqlite3_prepare_v2(b->wr.db, "PRAGMA journal_mode = WAL", -1, &st, NULL) != SQLITE_OK ||
         sqlite3_step(st) != SQLITE_ROW || !sqlite3_column_text(st, 0) ||
         strcmp((const char *)sqlite3_column_text(st, 0), "wal") != 0) {
         snprintf(err, errlen, "store: cannot switch %s to WAL mode: %s (is it on a network file system?)", b->path,
-                 sqlite3_errmsg(b->db));
+                 sqlite3_errmsg(b->wr.db));
         sqlite3_finalize(st);
         goto fail;
     }
     sqlite3_finalize(st);
-    if (sqlite3_exec(b->db, "PRAGMA synchronous = FULL", NULL, NULL, &msg) != SQLITE_OK ||
-        sqlite3_exec(b->db, SCHEMA, NULL, NULL, &msg) != SQLITE_OK) {
+    if (sqlite3_exec(b->wr.db, "PRAGMA synchronous = FULL", NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(b->wr.db, SCHEMA, NULL, NULL, &msg) != SQLITE_OK) {
         snprintf(err, errlen, "store: cannot set up %s: %s (is it a koko database? move it away to start afresh)",
-                 b->path, msg ? msg : sqlite3_errmsg(b->db));
+                 b->path, msg ? msg : sqlite3_errmsg(b->wr.db));
         sqlite3_free(msg);
         goto fail;
     }
+    b->cur_sync = 0; /* run_batch sets the level each batch needs */
     b->healthy = 1;
-    snprintf(b->why, sizeof b->why, "sqlite %s (WAL, synchronous=FULL)", b->path);
+    snprintf(b->why, sizeof b->why, "sqlite %s (WAL, synchronous=%s)", b->path, sync_names[b->sync_mode]);
     if (pthread_create(&b->th, NULL, worker, b) != 0) {
         snprintf(err, errlen, "store: cannot start the sqlite worker thread");
         goto fail;

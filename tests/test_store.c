@@ -430,6 +430,41 @@ START_TEST(t_sqlite_purge)
 }
 END_TEST
 
+/* state.synchronous: which commits SQLite fsyncs. The health line counts the
+ * commits by the level SQLite reports back (PRAGMA synchronous) for each. */
+START_TEST(t_sqlite_synchronous)
+{
+    static const struct {
+        int mode;
+        const char *want;
+    } cases[] = {
+        {STORE_SYNC_TIERED, "(WAL, synchronous=tiered: 2 commits fsync'ed, 3 not)"},
+        {STORE_SYNC_FULL, "(WAL, synchronous=full: 5 commits fsync'ed, 0 not)"},
+        {STORE_SYNC_NORMAL, "(WAL, synchronous=normal: 0 commits fsync'ed, 5 not)"},
+    };
+    cap c = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        store_close(S);
+        opts.synchronous = cases[i].mode;
+        S = open_store();
+        /* one request per batch: each waits for its own commit */
+        OK(c, store_queue_add(S, "m", 1, on_result, &c));          /* accepts: FULL when tiered */
+        OK(c, store_set_nx(S, "d:1", "1", 1, 0, on_result, &c));   /* a dedup key: FULL when tiered */
+        OK(c, store_queue_claim(S, "me", 10000, 5, on_result, &c)); /* bookkeeping from here on */
+        ck_assert_uint_eq(c.n, 1);
+        char id[32];
+        snprintf(id, sizeof id, "%s", c.names[0]);
+        OK(c, store_hash_set(S, "c:state", "owner", "bot", 3, on_result, &c));
+        OK(c, store_queue_ack(S, id, on_result, &c));
+        char why[600];
+        ck_assert_int_eq(store_healthy(S, why, sizeof why), 1);
+        ck_assert_msg(strstr(why, cases[i].want) != NULL, "mode %d: got \"%s\", want \"%s\"", cases[i].mode, why,
+                      cases[i].want);
+    }
+    cap_reset(&c);
+}
+END_TEST
+
 /* ---- set-if-absent races: two stores (two replicas) and many calls in flight ---- */
 
 START_TEST(t_setnx_race)
@@ -1165,6 +1200,7 @@ static void add_common(Suite *su, void (*setup)(void))
     tcase_add_test(tc, t_refusals);
     if (setup == setup_sqlite) {
         tcase_add_test(tc, t_sqlite_purge);
+        tcase_add_test(tc, t_sqlite_synchronous);
         tcase_add_test(tc, t_open_errors);
     } else {
         tcase_add_test(tc, t_redis_hang);
