@@ -766,9 +766,9 @@ static const char *const sync_names[] = {"tiered", "full", "normal"};
 
 /* Does BATCH accept something (state.synchronous: tiered)? A queued message,
  * a dedup key (set_nx), a dead letter put back, or a prefix or dead letter
- * forgotten (GDPR)
- * must survive a power loss once reported; the rest is bookkeeping that a
- * retry redoes (leases, acks, reply markers, history, state, counters). */
+ * forgotten (GDPR) must survive a power loss once reported; the rest is
+ * bookkeeping that a retry redoes (leases, acks, reply markers, history,
+ * state, counters). */
 static int batch_accepts(const store_req *batch)
 {
     for (const store_req *r = batch; r; r = r->next)
