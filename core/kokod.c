@@ -339,6 +339,7 @@ static void on_stat_written(const store_result *r, void *arg)
 /* ---- the daily series: {T}:stats:day:{YYYY-MM-DD}:{counter} ---- */
 
 #define STATS_DAY_TTL_MS (90LL * 86400 * 1000)
+#define STATS_UNSENT_MAX 4096 /* counter keys waiting: flush at once past this */
 
 /* UNIX_S's UTC date as YYYY-MM-DD. */
 static void utc_date(int64_t unix_s, char out[11])
@@ -454,6 +455,7 @@ static void daily_issued(evutil_socket_t fd, short what, void *arg)
 
 void kokod_stats_daily(kokod *kd, const char *tenant_name, int days, kokod_daily_fn done, void *arg)
 {
+    kokod_stats_flush(kd); /* written before the reads below, so they see every count */
     daily_read *dr = xcalloc(1, sizeof *dr);
     dr->done = done;
     dr->arg = arg;
@@ -534,6 +536,7 @@ static void depth_refresh(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     kokod *kd = arg;
+    kokod_stats_flush(kd);
     if (kd->depth_reading > 0)
         return; /* a slow store: the last round is still out */
     if (kd->store) {
@@ -679,6 +682,7 @@ void kokod_free(kokod *kd)
     server_free(kd->srv);
     control_free(kd->ctl);
     pipeline_stop(kd->pipe);
+    kokod_stats_flush(kd); /* the last second's counts, before the store closes */
     custmem_stop(kd);
     /* callbacks of unfinished store calls run now (STORE_E_CLOSED) and free what they hold */
     store_close(kd->store);
@@ -709,6 +713,7 @@ void kokod_free(kokod *kd)
     pthread_mutex_destroy(&kd->post_lock);
     on_posted(0, 0, kd); /* nothing may be left; free what is */
     json_decref(kd->stats);
+    json_decref(kd->stats_unsent);
     for (size_t i = 0; i < kd->n_extra; i++)
         free(kd->extra_path[i]);
     free(kd->extra_path);
@@ -728,17 +733,36 @@ void kokod_count(kokod *kd, const char *tenant_name, const char *counter, double
     json_t *v = json_object_get(t, counter);
     json_object_set_new(t, counter, json_real(json_number_value(v) + delta));
     if (kd->store) {
+        /* into the store coalesced: a message counts a dozen things, which would be two
+         * dozen store writes; summed here they go out once a second (stats_flush) */
+        if (!kd->stats_unsent)
+            kd->stats_unsent = json_object();
         char *part = store_key_part(counter);
-        char *k = util_asprintf("%s:stats:%s", tenant_name, part);
-        store_incr_float(kd->store, k, delta, 0, on_stat_written, NULL);
-        free(k);
         char date[11];
         utc_date(util_unix_time(), date);
-        k = util_asprintf("%s:stats:day:%s:%s", tenant_name, date, part);
-        store_incr_float(kd->store, k, delta, STATS_DAY_TTL_MS, on_stat_written, NULL);
-        free(k);
+        char *keys[2] = {util_asprintf("%s:stats:%s", tenant_name, part),
+                         util_asprintf("%s:stats:day:%s:%s", tenant_name, date, part)};
+        for (int i = 0; i < 2; i++) {
+            json_t *u = json_object_get(kd->stats_unsent, keys[i]);
+            json_object_set_new(kd->stats_unsent, keys[i], json_real(json_number_value(u) + delta));
+            free(keys[i]);
+        }
         free(part);
+        if (json_object_size(kd->stats_unsent) >= STATS_UNSENT_MAX)
+            kokod_stats_flush(kd);
     }
+}
+
+void kokod_stats_flush(kokod *kd)
+{
+    if (!kd->store || !kd->stats_unsent)
+        return;
+    const char *k;
+    json_t *v;
+    json_object_foreach(kd->stats_unsent, k, v)
+        store_incr_float(kd->store, k, json_number_value(v), strstr(k, ":stats:day:") ? STATS_DAY_TTL_MS : 0,
+                         on_stat_written, NULL);
+    json_object_clear(kd->stats_unsent);
 }
 
 int kokod_store_healthy(const kokod *kd, char *why, size_t whylen)

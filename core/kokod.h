@@ -52,6 +52,7 @@ typedef struct kokod {
     int stopping;
     uint64_t reloads_ok, reloads_failed;
     json_t *stats;           /* per tenant counters, survive reloads */
+    json_t *stats_unsent;    /* store key -> delta not yet added in the store (flushed each second) */
     /* queue depths for /health and kokoctl status, read every second by a timer so that
      * /health never waits on the store: -1 until first read; the last value read stays
      * while the store does not answer (depth_ms says when it was read) */
@@ -99,6 +100,10 @@ void kokod_count(kokod *kd, const char *tenant_name, const char *counter, double
  */
 #define KOKOD_DAILY_MAX 90
 typedef void (*kokod_daily_fn)(const json_t *daily, const char *error, void *arg);
+/* Add the counts kokod_count() summed since the last flush to the store (it runs
+ * every second, before the daily series is read, and at stop: a crash loses at most
+ * the last second of counts). */
+void kokod_stats_flush(kokod *kd);
 void kokod_stats_daily(kokod *kd, const char *tenant, int days, kokod_daily_fn done, void *arg);
 /* 1 when the store is usable; WHY gets the reason either way (may be NULL). */
 int kokod_store_healthy(const kokod *kd, char *why, size_t whylen);
