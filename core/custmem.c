@@ -519,6 +519,32 @@ static void prompt_done(cm_op *op)
 
 static void prompt_first(cm_op *op) { resolve(op, prompt_done); }
 
+static void load_done(cm_op *op)
+{
+    json_t *facts = NULL;
+    if (op->error) {
+        log_warn("memory", "%s: customer facts not loaded: %s (answering without them)", op->tenant, op->error);
+        free(op->error);
+        op->error = NULL;
+    } else if (json_object_size(op->facts)) {
+        facts = json_incref(op->facts);
+    }
+    op_finish(op, facts);
+}
+
+void custmem_load(kokod *kd, const char *tname, const char *contact, custmem_facts_fn done, void *arg)
+{
+    cm_op *op = op_new(kd, tname, contact);
+    op->facts_done = done;
+    op->arg = arg;
+    char why[256];
+    if (cm_closing || !op->st || !custmem_contact_ok(contact, why, sizeof why)) {
+        op_finish(op, NULL);
+        return;
+    }
+    resolve(op, load_done); /* now: the read joins the caller's batch; store callbacks always run later */
+}
+
 void custmem_prompt_facts(kokod *kd, const char *tname, const char *contact, const char *text, size_t budget_tokens,
                           custmem_facts_fn done, void *arg)
 {

@@ -100,6 +100,7 @@ json_t *custmem_parse_extraction(const char *answer, size_t *skipped, char *err,
 /* ---- the daemon's side ---- */
 
 typedef void (*custmem_fn)(int status, json_t *doc /* stolen, NULL on error */, const char *error, void *arg);
+typedef void (*custmem_facts_fn)(json_t *facts /* stolen, may be NULL */, void *arg);
 
 /* Start the extraction runner (a timer on KD's loop) / stop it: after
  * custmem_stop no new work starts, and work in flight ends quietly. */
@@ -143,9 +144,14 @@ void custmem_extract(struct kokod *kd, struct generation *g, const char *tenant,
  * extraction durably (the runner does it soon, retrying with backoff). */
 void custmem_resolved(struct kokod *kd, const char *tenant, const char *channel, const char *conv);
 
+/* Contact C's facts (object id -> fact, following a link): DONE(facts or NULL
+ * when none or the store failed, ARG), later, on the loop. The read goes out
+ * from inside this call, so it joins the store batch of reads issued beside
+ * it (the pipeline loads it with the conversation's state and history). */
+void custmem_load(struct kokod *kd, const char *tenant, const char *contact, custmem_facts_fn done, void *arg);
+
 /* The facts for a prompt (custmem_select over C's facts, following a link):
  * DONE(facts array or NULL when none/failed, ARG), later, on the loop. */
-typedef void (*custmem_facts_fn)(json_t *facts /* stolen, may be NULL */, void *arg);
 void custmem_prompt_facts(struct kokod *kd, const char *tenant, const char *contact, const char *text,
                           size_t budget_tokens, custmem_facts_fn done, void *arg);
 

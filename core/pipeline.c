@@ -81,6 +81,8 @@ typedef struct conv {
     struct event *quiet_ev;
     struct job *running;
     int typing_on;  /* a typing "on" went out and no "off" yet */
+    json_t *facts;  /* the customer's facts (id -> fact), read with the state; NULL: none or not read */
+    int facts_read; /* facts is what the store said at the last load */
     struct conv *hnext;         /* hash chain */
     struct conv *lru_prev, *lru_next;
 } conv;
@@ -167,6 +169,7 @@ static void msgcopy_free(msgcopy *mc)
 
 static void conv_free(conv *c)
 {
+    json_decref(c->facts);
     while (c->queue) {
         msgcopy *n = c->queue->next;
         msgcopy_free(c->queue);
@@ -313,6 +316,8 @@ typedef struct conv_load {
     json_t *state;    /* owner, lang from the store (NULL: none) */
     int waiting;      /* of the state and history reads, sent at once */
     int hist_ok;      /* the history was read: it replaces the cache's turns */
+    int want_facts;   /* the customer's facts are read too */
+    json_t *facts;    /* what that read gave (NULL: none) */
     koko_turn *hist;
     size_t n_hist;
     conv_loaded_fn done;
@@ -341,7 +346,14 @@ static void conv_load_finish(conv_load *cl)
             cl->hist = NULL;
             cl->n_hist = 0;
         }
+        if (cl->want_facts) {
+            json_decref(c->facts);
+            c->facts = cl->facts;
+            cl->facts = NULL;
+            c->facts_read = 1;
+        }
     }
+    json_decref(cl->facts);
     for (size_t i = 0; i < cl->n_hist; i++)
         free((char *)cl->hist[i].text);
     free(cl->hist);
@@ -388,6 +400,14 @@ static void on_history_loaded(const store_result *r, void *arg)
             json_decref(t);
         }
     }
+    if (--cl->waiting == 0)
+        conv_load_finish(cl);
+}
+
+static void on_facts_loaded(json_t *facts, void *arg)
+{
+    conv_load *cl = arg;
+    cl->facts = facts;
     if (--cl->waiting == 0)
         conv_load_finish(cl);
 }
@@ -442,6 +462,14 @@ static void conv_load_start(pipeline *p, const char *key, const char *contact, c
     if (store_list_range(p->kd->store, k, 0, -1, on_history_loaded, cl) != 0)
         cl->waiting--; /* the store is closing: the state read's callback finishes */
     free(k);
+    generation *g = p->kd->current;
+    const tenant *t = g ? gen_tenant(g, cl->tenant) : NULL;
+    if (contact && t && t->memory_budget_tokens > 0) {
+        /* the customer's facts, in the same round trip */
+        cl->want_facts = 1;
+        cl->waiting++;
+        custmem_load(p->kd, cl->tenant, contact, on_facts_loaded, cl);
+    }
 }
 
 /* ---- queue entries held by this process ---- */
@@ -960,14 +988,19 @@ static json_t *tool_declarations(const tenant *t, const route *r)
     return out;
 }
 
+static void on_facts_ready(job *j)
+{
+    if (j->facts)
+        log_debug("pipeline", "%s: %zu remembered fact(s) about the customer in the prompt", j->t->name,
+                  json_array_size(j->facts));
+    run_step(j);
+}
+
 static void on_facts(json_t *facts, void *arg)
 {
     job *j = arg;
     j->facts = facts;
-    if (facts)
-        log_debug("pipeline", "%s: %zu remembered fact(s) about the customer in the prompt", j->t->name,
-                  json_array_size(facts));
-    run_step(j);
+    on_facts_ready(j);
 }
 
 static void start_job(job *j)
@@ -1024,6 +1057,18 @@ static void start_job(job *j)
         j->human_reason = "the customer asked for a human";
     }
     retrieve(j);
+    if (c && c->facts_read && j->contact && t->memory_budget_tokens > 0) {
+        /* read with the conversation: choose the relevant ones for this message */
+        if (c->facts) {
+            j->facts = custmem_select(c->facts, j->text, t->memory_budget_tokens, util_unix_time());
+            if (json_array_size(j->facts) == 0) {
+                json_decref(j->facts);
+                j->facts = NULL;
+            }
+        }
+        on_facts_ready(j);
+        return;
+    }
     if (j->contact && t->memory_budget_tokens > 0 && kd->store) {
         /* enrich: what is remembered about this customer, then generate */
         custmem_prompt_facts(kd, t->name, j->contact, j->text, t->memory_budget_tokens, on_facts, j);
@@ -2148,6 +2193,9 @@ void pipeline_forget_conv(pipeline *p, const char *tenant_name, const char *chan
     c->turns = NULL;
     c->n_turns = 0;
     c->lang[0] = '\0';
+    json_decref(c->facts);
+    c->facts = NULL;
+    c->facts_read = 0;
     c->version++; /* a load in flight must not bring them back */
     if (!c->queue && !c->running && !c->loading)
         conv_remove(p, c);
