@@ -1772,6 +1772,10 @@ typedef struct claimed {
     pipeline *p;
     msgcopy *mc;
     int step; /* 0: read the dedup key; 1: it was missing, take it; 2: taken meanwhile, read it again */
+    int waiting;       /* the reply marker read and the conversation load */
+    int marker_status; /* store_status of the marker read */
+    int marker_found;
+    char *marker_error;
 } claimed;
 
 static void check_marker(claimed *cl);
@@ -1847,40 +1851,13 @@ static void on_owner(const store_result *r, void *arg)
     check_marker(cl);
 }
 
+/* The entry is ours to answer: read its reply marker and load its
+ * conversation at once (one round trip), then take the message unless the
+ * marker says it was answered already. */
 static void check_marker(claimed *cl)
 {
-    msgcopy *mc = cl->mc;
-    char *k = msg_key(mc->m.tenant, "reply", mc->m.channel, mc->m.msg_id);
-    if (store_get(cl->p->kd->store, k, on_marker, cl) != 0) {
-        held_del(cl->p, mc->qids[0]);
-        msgcopy_free(mc);
-        free(cl);
-    }
-    free(k);
-}
-
-static void on_marker(const store_result *r, void *arg)
-{
-    claimed *cl = arg;
     pipeline *p = cl->p;
     msgcopy *mc = cl->mc;
-    free(cl);
-    if (p->closing) {
-        msgcopy_free(mc);
-        return;
-    }
-    if (r->status == STORE_OK && r->found) {
-        log_info("queue", "%s/%s: message %s was answered already (entry %s, delivery %d): acked, not answered again",
-                 mc->m.tenant, mc->m.channel, mc->m.msg_id, mc->qids[0], mc->attempts);
-        entry_ack(p, mc, 0);
-        msgcopy_free(mc);
-        return;
-    }
-    if (r->status != STORE_OK) {
-        entry_fail(p, mc, r->error ? r->error : "reply marker unreadable");
-        msgcopy_free(mc);
-        return;
-    }
     generation *g = p->kd->current;
     tenant *t = g ? gen_tenant(g, mc->m.tenant) : NULL;
     koko_instance *ch = t ? tenant_channel(t, mc->m.channel) : NULL;
@@ -1889,33 +1866,79 @@ static void on_marker(const store_result *r, void *arg)
                  mc->m.channel);
         entry_fail(p, mc, "tenant or channel not configured");
         msgcopy_free(mc);
+        free(cl);
         return;
     }
+    char *k = msg_key(mc->m.tenant, "reply", mc->m.channel, mc->m.msg_id);
+    int rc = store_get(p->kd->store, k, on_marker, cl);
+    free(k);
+    if (rc != 0) {
+        held_del(p, mc->qids[0]);
+        msgcopy_free(mc);
+        free(cl);
+        return;
+    }
+    cl->waiting = 2;
     char *key = conv_key_of(t->name, ch->desc->name, mc->m.conversation_id);
     char *contact = contact_of(&mc->m);
-    conv_load_start(p, key, contact, on_conv_ready, mc);
+    conv_load_start(p, key, contact, on_conv_ready, cl);
     free(contact);
     free(key);
 }
 
-/* The conversation of message ARG is loaded from the store: take the message. */
+/* Both the marker and the conversation are in: answer, ack or fail. */
+static void marker_and_conv(claimed *cl)
+{
+    pipeline *p = cl->p;
+    msgcopy *mc = cl->mc;
+    int status = cl->marker_status, found = cl->marker_found;
+    char *err = cl->marker_error;
+    free(cl);
+    if (p->closing) {
+        free(err);
+        msgcopy_free(mc);
+        return;
+    }
+    if (status == STORE_OK && found) {
+        log_info("queue", "%s/%s: message %s was answered already (entry %s, delivery %d): acked, not answered again",
+                 mc->m.tenant, mc->m.channel, mc->m.msg_id, mc->qids[0], mc->attempts);
+        entry_ack(p, mc, 0);
+        msgcopy_free(mc);
+    } else if (status != STORE_OK) {
+        entry_fail(p, mc, err ? err : "reply marker unreadable");
+        msgcopy_free(mc);
+    } else {
+        generation *g = p->kd->current;
+        tenant *t = g ? gen_tenant(g, mc->m.tenant) : NULL;
+        koko_instance *ch = t ? tenant_channel(t, mc->m.channel) : NULL;
+        if (!ch || ch->st == INST_DEAD) {
+            entry_fail(p, mc, "tenant or channel not configured");
+            msgcopy_free(mc);
+        } else {
+            take_message(p, t, ch, mc);
+        }
+    }
+    free(err);
+}
+
+static void on_marker(const store_result *r, void *arg)
+{
+    claimed *cl = arg;
+    cl->marker_status = r->status;
+    cl->marker_found = r->found;
+    if (r->status != STORE_OK)
+        cl->marker_error = xstrdup(r->error ? r->error : "reply marker unreadable");
+    if (--cl->waiting == 0)
+        marker_and_conv(cl);
+}
+
+/* The conversation of the claimed message is loaded from the store. */
 static void on_conv_ready(conv *c, void *arg)
 {
-    pipeline *p = c->p;
-    msgcopy *mc = arg;
-    if (p->closing) {
-        msgcopy_free(mc);
-        return;
-    }
-    generation *g = p->kd->current;
-    tenant *t = g ? gen_tenant(g, mc->m.tenant) : NULL;
-    koko_instance *ch = t ? tenant_channel(t, mc->m.channel) : NULL;
-    if (!ch || ch->st == INST_DEAD) {
-        entry_fail(p, mc, "tenant or channel not configured");
-        msgcopy_free(mc);
-        return;
-    }
-    take_message(p, t, ch, mc);
+    (void)c;
+    claimed *cl = arg;
+    if (--cl->waiting == 0)
+        marker_and_conv(cl);
 }
 
 static void pump_at(pipeline *p, int ms)
