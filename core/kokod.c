@@ -587,6 +587,17 @@ int kokod_run(kokod *kd)
     return 0;
 }
 
+static int str_differs(const char *a, const char *b) { return (a == NULL) != (b == NULL) || (a && strcmp(a, b)); }
+
+/* The store is opened once, at start: does the new configuration name another one? */
+static int state_changed(const core_config *a, const core_config *b)
+{
+    return str_differs(a->state_dir, b->state_dir) || str_differs(a->state_redis, b->state_redis) ||
+           str_differs(a->state_password_env, b->state_password_env) || str_differs(a->state_prefix, b->state_prefix) ||
+           str_differs(a->state_group, b->state_group) ||
+           a->state_max_attempts != b->state_max_attempts || a->state_synchronous != b->state_synchronous;
+}
+
 int kokod_reload(kokod *kd, diag *d, json_t **changes)
 {
     double t0 = util_now_ms_f();
@@ -616,6 +627,9 @@ int kokod_reload(kokod *kd, diag *d, json_t **changes)
     if (strcmp(old->cfg->control_path, cfg->control_path) != 0)
         log_warn("core", "server.control changed: the control socket stays at %s until kokod restarts",
                  old->cfg->control_path);
+    if (state_changed(old->cfg, cfg))
+        log_warn("core", "state: changed: the store stays %s until kokod restarts (restart it to move to the new "
+                 "store; the queue, conversations and customer memory do not move by themselves)", kd->store_desc);
     log_config_level(cfg->log_level);
     kd->current = g;
     if (kd->srv)

@@ -51,6 +51,22 @@ class Reload(KokoTestCase):
         k.sighup(expect_generation=3)
         k.stop()
 
+    def test_state_change_needs_a_restart(self):
+        """The store is opened at start: a reload naming another one is applied otherwise and says so."""
+        k = self.started()
+        old_db = os.path.join(k.state_dir, "koko.db")
+        k.write_config(extra={"state": {"dir": k.path("state2"), "synchronous": "full"}})
+        code, out, err = k.kokoctl("reload")
+        self.assertEqual(code, 0, err)
+        k.wait_log(r"state: changed: the store stays sqlite .*koko\.db until kokod restarts")
+        self.assertTrue(os.path.exists(old_db))
+        self.assertFalse(os.path.exists(k.path("state2", "koko.db")))
+        self.assertEqual(k.chat("demo", "Mikor van nyitva a műhely?")["language"], "hu")
+        k.stop()
+        k.start()  # after the restart the new store is used
+        self.assertTrue(os.path.exists(k.path("state2", "koko.db")))
+        k.stop()
+
     def test_kb_edit_picked_up(self):
         k = self.kokod()
         kb = k.path("kb")
