@@ -14,6 +14,7 @@
  *   1.2  koko_llm_request: knowledge, knowledge_bytes, context_hash,
  *        customer_facts, job; koko_llm_result: cost_usd, cache_hit;
  *        koko_llm_ops: cache_info, cache_refresh; koko_host.tool_call.
+ *   1.3  kv_get, kv_set, kv_set_nx, kv_del, kv_incr (plugin state in the store)
  *
  * Threading: every function here is called on the loop thread and must not
  * block it (no sleeping, no synchronous network or disk I/O beyond reading a
@@ -34,7 +35,7 @@ extern "C" {
 #endif
 
 #define KOKO_ABI_MAJOR 1
-#define KOKO_ABI_MINOR 2
+#define KOKO_ABI_MINOR 3
 /* Build signature: changes when the compilation model changes in a way the
  * numbers do not capture (pointer size, struct packing). Compared as a string. */
 #define KOKO_ABI_SIGNATURE "koko-abi-1/lp64"
