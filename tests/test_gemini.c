@@ -82,6 +82,9 @@ START_TEST(test_validate)
                      2);
     ck_assert_int_ge(fakediag_find(fd, "timeout_ms: expected a whole number of milliseconds from 100 to 600000, got a string"), 0);
     ck_assert_int_ge(fakediag_find(fd, "rate.requests_per_min: expected a number greater than 0, got 0"), 0);
+    fakediag_clear(fd);
+    ck_assert_int_eq(validate_count("{\"api_key\":\"k\",\"rate\":{\"requests_per_min\":6,\"window_ms\":50}}", fd), 1);
+    ck_assert_int_ge(fakediag_find(fd, "rate.window_ms: expected an integer from 100 to 3600000 (milliseconds), got 50"), 0);
     ck_assert_int_eq(validate_count("{\"api_key\":\"k\",\"base_url\":\"ftp://x\"}", fd), 1);
     fakediag_free(fd);
 }
@@ -588,11 +591,13 @@ END_TEST
 
 /* ---- rate limiter ---- */
 
+/* Windows of 1 s holding 10 requests (600/min): 25 requests need three
+ * windows, so the last is granted at least 1 s after the first ones. */
 START_TEST(test_rate_limiter_queues)
 {
     lt_plugin lp;
-    start(&lp, "\"rate\":{\"requests_per_min\":60}");
-    enum { N = 62 };
+    start(&lp, "\"rate\":{\"requests_per_min\":600,\"window_ms\":1000}");
+    enum { N = 25 };
     lt_req *r[N];
     lt_out o[N];
     memset(o, 0, sizeof o);
@@ -609,12 +614,82 @@ START_TEST(test_rate_limiter_queues)
     for (int i = 0; i < N; i++)
         if (o[i].at_ms > last)
             last = o[i].at_ms;
-    ck_assert_msg(last - t0 >= 1900, "62 requests at 60/min took only %.0f ms", last - t0);
-    ck_assert_msg(last - t0 < 5000, "took %.0f ms", last - t0);
+    ck_assert_msg(last - t0 >= 1000, "25 requests at 10 per 1 s window took only %.0f ms", last - t0);
+    ck_assert_msg(last - t0 < 4000, "took %.0f ms", last - t0);
+    ck_assert_uint_ge(fakehost_kv_count(lp.fh, "rate:1000:"), 2); /* one counter per window */
     for (int i = 0; i < N; i++) {
         lt_out_clear(&o[i]);
         lt_req_free(r[i]);
     }
+    lt_fini(&lp);
+}
+END_TEST
+
+/* Two replicas on one store share one budget: 5 requests per 1 s window,
+ * 6 requests each. Alone each would finish within two windows (< 1 s after
+ * the start); together the 12 need three. */
+START_TEST(test_rate_limit_shared_by_replicas)
+{
+    lt_plugin a, b;
+    const char *rate = "\"rate\":{\"requests_per_min\":300,\"window_ms\":1000}";
+    start(&a, rate);
+    start(&b, rate);
+    fakehost_share_kv(b.fh, a.fh);
+    enum { N = 12 };
+    lt_req *r[N];
+    lt_out o[N];
+    memset(o, 0, sizeof o);
+    double t0 = lt_now_ms();
+    for (int i = 0; i < N; i++) {
+        r[i] = lt_req_new("en", "Hello", NULL, NULL);
+        lt_plugin *lp = i % 2 ? &b : &a;
+        lt_ops(lp)->generate(lp->state, &r[i]->req, lt_on_result, &o[i]);
+    }
+    for (;;) {
+        int done = 0;
+        for (int i = 0; i < N; i++)
+            done += o[i].done;
+        if (done == N || lt_now_ms() - t0 > 10000)
+            break;
+        event_base_loop(fakehost_base(a.fh), EVLOOP_NONBLOCK);
+        event_base_loop(fakehost_base(b.fh), EVLOOP_NONBLOCK);
+        usleep(2000);
+    }
+    double last = 0;
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(o[i].done, 1);
+        ck_assert_int_eq(o[i].st, KOKO_OK);
+        if (o[i].at_ms > last)
+            last = o[i].at_ms;
+    }
+    ck_assert_msg(last - t0 >= 1000, "12 requests at 5 per window over 2 replicas took only %.0f ms", last - t0);
+    ck_assert_msg(last - t0 < 4000, "took %.0f ms", last - t0);
+    for (int i = 0; i < N; i++) {
+        lt_out_clear(&o[i]);
+        lt_req_free(r[i]);
+    }
+    lt_fini(&b);
+    lt_fini(&a);
+}
+END_TEST
+
+/* The store fails: the limiter counts locally (warning), the requests are answered. */
+START_TEST(test_rate_limit_store_down)
+{
+    lt_plugin lp;
+    start(&lp, "\"rate\":{\"requests_per_min\":60,\"window_ms\":1000}");
+    fakehost_kv_fail(lp.fh, KOKO_KV_E_UNAVAILABLE);
+    lt_req *r = lt_req_new("en", "Hello", NULL, NULL);
+    lt_out o;
+    memset(&o, 0, sizeof o);
+    for (int i = 0; i < 3; i++) {
+        lt_generate(&lp, r, &o);
+        ck_assert_int_eq(o.st, KOKO_OK);
+    }
+    ck_assert_int_ge(fakehost_log_find(lp.fh, "rate limit: the store failed"), 0);
+    ck_assert_int_ge(fakehost_log_find(lp.fh, "counting this replica's requests locally"), 0);
+    lt_out_clear(&o);
+    lt_req_free(r);
     lt_fini(&lp);
 }
 END_TEST
@@ -715,6 +790,8 @@ int main(void)
     tcase_add_test(tc, test_cost_arithmetic);
     tcase_add_test(tc, test_blocked_answer_hands_off);
     tcase_add_test(tc, test_rate_limiter_queues);
+    tcase_add_test(tc, test_rate_limit_shared_by_replicas);
+    tcase_add_test(tc, test_rate_limit_store_down);
     tcase_add_test(tc, test_cache_refresh);
     tcase_add_test(tc, test_stop_drains);
     suite_add_tcase(s, tc);
