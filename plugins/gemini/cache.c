@@ -22,10 +22,11 @@
  * a create or a PATCH adds — and charged to the next answer's cost_usd
  * (gemini.unbilled_storage_usd). An early DELETE is not refunded here, so the
  * figure is an upper bound. usd_saved = tokens served from the cache ×
- * (input − cached_input) − the storage bought for it. Hits, tokens saved,
- * USD saved and storage are also added to "cache-stats:{model}:{hash}:*"
- * counters (kv_incr; micro-USD), whose totals — every replica, every run —
- * are what cache_info() shows once known.
+ * (input − cached_input) − the storage bought for it. Hits, tokens saved
+ * and storage bought (token-seconds) are also added to
+ * "cache-stats:{model}:{hash}:*" counters (kv_incr), whose totals — every
+ * replica, every run — are what cache_info() shows once known, priced with
+ * this instance's price table.
  */
 #define _GNU_SOURCE
 #include <math.h>
@@ -52,8 +53,8 @@ struct gcache {
     int looking, creating, patching, dead;
     uint64_t hits, tokens_saved;
     double usd_saved, storage_usd;
-    int64_t total_hits, total_tokens_saved, total_saved_micro, total_storage_micro; /* store; -1 unknown */
-    int64_t unanswered[4]; /* sent to those counters, not answered yet */
+    int64_t total_hits, total_tokens_saved, total_storage_tok_s; /* store; -1 unknown */
+    int64_t unanswered[3]; /* sent to those counters, not answered yet */
     gen *waiters, *waiters_tail;
     grefresh *rf;
     gcache *next;
@@ -131,13 +132,13 @@ static gcache *find(gemini *gm, const char *hash);
 typedef struct stat_ctx {
     gemini *gm;
     char *hash;
-    int which; /* 0 hits, 1 tokens saved, 2 saved micro-USD, 3 storage micro-USD */
+    int which; /* 0 hits, 1 tokens saved, 2 storage bought in token-seconds */
     int64_t delta;
 } stat_ctx;
 
 static int64_t *total_of(gcache *c, int which)
 {
-    int64_t *t[] = {&c->total_hits, &c->total_tokens_saved, &c->total_saved_micro, &c->total_storage_micro};
+    int64_t *t[] = {&c->total_hits, &c->total_tokens_saved, &c->total_storage_tok_s};
     return t[which];
 }
 
@@ -157,7 +158,7 @@ static void on_stat(const koko_kv_result *r, void *arg)
 /* Add DELTA to C's shared counter WHICH; the answer is the total. */
 static void stat_add(gemini *gm, gcache *c, int which, int64_t delta)
 {
-    static const char *const names[] = {"hits", "tokens_saved", "usd_saved_micro", "storage_usd_micro"};
+    static const char *const names[] = {"hits", "tokens_saved", "storage_token_seconds"};
     if (!has_kv(gm))
         return;
     stat_ctx *x = calloc(1, sizeof *x);
@@ -335,7 +336,7 @@ static void on_created(const llm_response *r, void *arg)
             c->storage_usd += usd;
             if (!c->dead) {
                 store_put(gm, c);
-                stat_add(gm, c, 3, (int64_t)llround(usd * 1e6));
+                stat_add(gm, c, 2, (int64_t)c->tokens * gm->ttl_s);
             }
             gm->host->log(gm->inst, KOKO_LOG_INFO,
                           "gemini: context cache %s created (%llu tokens, ttl %ld s, storage %.6f USD)", c->name,
@@ -412,7 +413,7 @@ static void on_patched(const llm_response *r, void *arg)
         c->storage_usd += usd;
         c->expires = exp;
         store_put(gm, c);
-        stat_add(gm, c, 3, (int64_t)llround(usd * 1e6));
+        stat_add(gm, c, 2, (int64_t)c->tokens * llround(exp - c->expires));
         gm->host->log(gm->inst, KOKO_LOG_INFO, "gemini: context cache %s extended by %ld s (storage %.6f USD)",
                       c->name ? c->name : "?", gm->ttl_s, usd);
     } else if (r->status == 404) {
@@ -498,7 +499,7 @@ static int adopt(gcache *c, const char *v, size_t len)
         c->tokens = tok > 0 ? (uint64_t)tok : c->est_tokens;
         gm->host->log(gm->inst, KOKO_LOG_INFO, "gemini: reusing context cache %s from the store (expires in %.0f s)",
                       c->name, exp - now);
-        for (int i = 0; i < 4; i++) /* learn the shared totals */
+        for (int i = 0; i < 3; i++) /* learn the shared totals */
             stat_add(gm, c, i, 0);
     }
     json_decref(j);
@@ -562,7 +563,7 @@ static gcache *record_new(gemini *gm, const koko_llm_request *req)
     if (!c)
         abort();
     c->gm = gm;
-    c->total_hits = c->total_tokens_saved = c->total_saved_micro = c->total_storage_micro = -1;
+    c->total_hits = c->total_tokens_saved = c->total_storage_tok_s = -1;
     c->hash = llm_strdup(req->context_hash);
     c->kb_fp = llm_fnv1a64(req->knowledge, req->knowledge_bytes);
     char *sys = llm_system_text(req, 0);
@@ -678,7 +679,6 @@ void cache_account(gemini *gm, const char *hash, uint64_t cached)
     c->usd_saved += usd;
     stat_add(gm, c, 0, 1);
     stat_add(gm, c, 1, (int64_t)cached);
-    stat_add(gm, c, 2, (int64_t)llround(usd * 1e6));
 }
 
 json_t *cache_info(void *state)
@@ -692,12 +692,14 @@ json_t *cache_info(void *state)
         rfc3339(c->created, created, sizeof created);
         rfc3339(c->expires, expires, sizeof expires);
         /* totals of every replica and run when the store told them, else this process's */
-        int shared = c->total_hits >= 0 && c->total_tokens_saved >= 0 && c->total_saved_micro >= 0 &&
-                     c->total_storage_micro >= 0;
+        int shared = c->total_hits >= 0 && c->total_tokens_saved >= 0 && c->total_storage_tok_s >= 0;
         json_int_t hits = shared ? (json_int_t)c->total_hits : (json_int_t)c->hits;
         json_int_t saved_tok = shared ? (json_int_t)c->total_tokens_saved : (json_int_t)c->tokens_saved;
-        double saved = shared ? (double)c->total_saved_micro / 1e6 : c->usd_saved;
-        double storage = shared ? (double)c->total_storage_micro / 1e6 : c->storage_usd;
+        /* USD from the shared token counts and this config's prices: no rounding adds up */
+        double saved = shared ? (double)c->total_tokens_saved * (gm->price.input - gm->price.cached_input) / 1e6
+                              : c->usd_saved;
+        double storage = shared ? llm_storage_cost(&gm->price, (uint64_t)c->total_storage_tok_s, 1.0)
+                                : c->storage_usd;
         json_array_append_new(
             a, json_pack("{s:s,s:s,s:I,s:s,s:s,s:I,s:I,s:f,s:s,s:f,s:b,s:I}", "name", c->name, "model", gm->model,
                          "tokens", (json_int_t)c->tokens, "created", created, "expires", expires, "hits", hits,
