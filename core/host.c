@@ -4,6 +4,12 @@
  * Each entry checks the instance it is given (magic number) and tags the
  * resource it creates with it, so instance.c can cancel everything an
  * instance left behind before its destroy().
+ *
+ * The kv_* calls (ABI 1.3) are the store (core/store.h) seen through a
+ * namespace: "{tenant}:plugin:{plugin}:{key}". Each call the plugin wants an
+ * answer to is linked to its instance; when the instance is drained the
+ * host answers those with KOKO_KV_E_CANCELLED from the loop and throws the
+ * store's late answer away, so no plugin code runs after destroy().
  */
 #include "kokoconf.h"
 
@@ -17,6 +23,7 @@
 #include "log.h"
 #include "pipeline.h"
 #include "server.h"
+#include "store.h"
 #include "util.h"
 
 static koko_instance *checked(koko_instance *inst, const char *fn)
@@ -236,6 +243,290 @@ static const char *host_chunk_excerpt(koko_instance *inst, void *job, size_t i)
     return pipeline_chunk_excerpt(inst, job, i);
 }
 
+/* ---- kv: plugin state in the store ---- */
+
+#define KV_KEY_MAX 512
+
+struct koko_kv {
+    koko_instance *owner; /* NULL: nobody to call back (DONE was NULL, or dropped) */
+    koko_kv_fn fn;
+    void *arg;
+    int linked;           /* on owner->kvs: the plugin is owed a callback */
+    int cancelled;        /* owner->kv_cancelled counts this one until its callback ran */
+    int in_store;         /* the store's callback has not run yet */
+    struct event *ev;     /* a deferred answer (no store, or cancelled) */
+    koko_kv_status st;
+    char *error;
+    struct koko_kv *prev, *next;
+};
+
+static void kv_unlink(struct koko_kv *op)
+{
+    koko_instance *inst = op->owner;
+    if (!op->linked)
+        return;
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        inst->kvs = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    op->prev = op->next = NULL;
+    op->linked = 0;
+}
+
+static void kv_free(struct koko_kv *op)
+{
+    if (op->ev)
+        event_free(op->ev);
+    free(op->error);
+    free(op);
+}
+
+static koko_kv_status kv_status_of(store_status st)
+{
+    switch (st) {
+    case STORE_OK:
+        return KOKO_KV_OK;
+    case STORE_E_UNAVAILABLE:
+        return KOKO_KV_E_UNAVAILABLE;
+    case STORE_E_CLOSED:
+        return KOKO_KV_E_CANCELLED;
+    case STORE_E_TYPE:
+        return KOKO_KV_E_TYPE;
+    default:
+        return KOKO_KV_E_IO;
+    }
+}
+
+/* A deferred answer: no store, or the instance was stopped first. */
+static void kv_deferred(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct koko_kv *op = arg;
+    koko_instance *inst = op->owner;
+    kv_unlink(op);
+    if (inst && op->fn) {
+        koko_kv_result res = {.size = sizeof res, .status = op->st, .error = op->error};
+        op->fn(&res, op->arg);
+    }
+    if (inst && op->cancelled)
+        inst->kv_cancelled--;
+    op->owner = NULL;
+    event_free(op->ev);
+    op->ev = NULL;
+    if (!op->in_store)
+        kv_free(op);
+}
+
+static int kv_defer(struct koko_kv *op, koko_kv_status st, const char *error)
+{
+    op->st = st;
+    free(op->error);
+    op->error = xstrdup(error);
+    if (!op->ev) {
+        op->ev = event_new(op->owner->kd->base, -1, 0, kv_deferred, op);
+        if (!op->ev)
+            return -1;
+    }
+    event_active(op->ev, EV_TIMEOUT, 0);
+    return 0;
+}
+
+static void kv_stored(const store_result *r, void *arg)
+{
+    struct koko_kv *op = arg;
+    op->in_store = 0;
+    if (!op->linked) { /* cancelled or nobody to tell: the answer goes nowhere */
+        if (!op->ev)
+            kv_free(op);
+        return;
+    }
+    kv_unlink(op);
+    koko_kv_result res = {
+        .size = sizeof res,
+        .status = kv_status_of(r->status),
+        .error = r->error,
+        .found = r->found,
+        .integer = r->integer,
+        .value = r->value,
+        .value_len = r->value_len,
+    };
+    if (r->status == STORE_E_CLOSED && !res.error)
+        res.error = "cancelled: the state store closed";
+    op->fn(&res, op->arg);
+    kv_free(op);
+}
+
+/* The store key of plugin key KEY, or NULL (refused, logged). */
+static char *kv_key(koko_instance *inst, const char *fn, const char *key)
+{
+    size_t n = key ? strlen(key) : 0;
+    if (n == 0 || n > KV_KEY_MAX) {
+        log_error(inst->prefix, "%s: the key is %s (1 to %d bytes; plugin bug)", fn, n ? "too long" : "empty",
+                  KV_KEY_MAX);
+        return NULL;
+    }
+    char *copy = xstrdup(key);
+    char *out = util_asprintf("%s:plugin:%s", inst->tenant, inst->desc->name);
+    char *rest = copy, *part;
+    /* each ':'-separated part escaped alone: the plugin keeps its structure, never another's keys */
+    while ((part = strsep(&rest, ":")) != NULL) {
+        char *esc = store_key_part(part);
+        char *next = util_asprintf("%s:%s", out, esc);
+        free(esc);
+        free(out);
+        out = next;
+    }
+    free(copy);
+    return out;
+}
+
+/* A new call of INST, or NULL when it must be refused. */
+static struct koko_kv *kv_start(koko_instance *inst, const char *fn_name, const char *key, koko_kv_fn done,
+                                void *arg, char **skey)
+{
+    if (!checked(inst, fn_name))
+        return NULL;
+    if (inst->st == INST_DEAD) {
+        log_warn(inst->prefix, "%s: refused: the instance is stopped", fn_name);
+        return NULL;
+    }
+    if (!(*skey = kv_key(inst, fn_name, key)))
+        return NULL;
+    struct koko_kv *op = xcalloc(1, sizeof *op);
+    if (done) {
+        op->owner = inst;
+        op->fn = done;
+        op->arg = arg;
+        op->linked = 1;
+        op->next = inst->kvs;
+        if (inst->kvs)
+            inst->kvs->prev = op;
+        inst->kvs = op;
+    }
+    return op;
+}
+
+/* Hand OP to the store through SUBMIT's result RC. */
+static int kv_submitted(koko_instance *inst, struct koko_kv *op, char *skey, int rc)
+{
+    free(skey);
+    if (rc == 0) {
+        op->in_store = 1;
+        return 0;
+    }
+    if (!op->linked) {
+        kv_free(op);
+        return rc == -2 ? 0 : -1;
+    }
+    if (rc == -2) { /* no store at all: answer later, with a status */
+        if (kv_defer(op, KOKO_KV_E_UNAVAILABLE,
+                     "kokod has no state store: the value is not kept (check state: in the configuration)") == 0)
+            return 0;
+    }
+    (void)inst;
+    kv_unlink(op);
+    kv_free(op);
+    return -1;
+}
+
+static store *kv_store(koko_instance *inst)
+{
+    return inst->kd ? inst->kd->store : NULL;
+}
+
+static int host_kv_get(koko_instance *inst, const char *key, koko_kv_fn done, void *arg)
+{
+    char *skey = NULL;
+    struct koko_kv *op = kv_start(inst, "kv_get", key, done, arg, &skey);
+    if (!op)
+        return -1;
+    store *s = kv_store(inst);
+    return kv_submitted(inst, op, skey, s ? store_get(s, skey, kv_stored, op) : -2);
+}
+
+static int host_kv_set(koko_instance *inst, const char *key, const void *val, size_t len, int64_t ttl_ms,
+                       koko_kv_fn done, void *arg)
+{
+    char *skey = NULL;
+    struct koko_kv *op = kv_start(inst, "kv_set", key, done, arg, &skey);
+    if (!op)
+        return -1;
+    store *s = kv_store(inst);
+    return kv_submitted(inst, op, skey, s ? store_set(s, skey, val ? val : "", val ? len : 0, ttl_ms, kv_stored, op) : -2);
+}
+
+static int host_kv_set_nx(koko_instance *inst, const char *key, const void *val, size_t len, int64_t ttl_ms,
+                          koko_kv_fn done, void *arg)
+{
+    char *skey = NULL;
+    struct koko_kv *op = kv_start(inst, "kv_set_nx", key, done, arg, &skey);
+    if (!op)
+        return -1;
+    store *s = kv_store(inst);
+    return kv_submitted(inst, op, skey,
+                        s ? store_set_nx(s, skey, val ? val : "", val ? len : 0, ttl_ms, kv_stored, op) : -2);
+}
+
+static int host_kv_del(koko_instance *inst, const char *key, koko_kv_fn done, void *arg)
+{
+    char *skey = NULL;
+    struct koko_kv *op = kv_start(inst, "kv_del", key, done, arg, &skey);
+    if (!op)
+        return -1;
+    store *s = kv_store(inst);
+    return kv_submitted(inst, op, skey, s ? store_del(s, skey, kv_stored, op) : -2);
+}
+
+static int host_kv_incr(koko_instance *inst, const char *key, int64_t delta, int64_t ttl_ms, koko_kv_fn done,
+                        void *arg)
+{
+    char *skey = NULL;
+    struct koko_kv *op = kv_start(inst, "kv_incr", key, done, arg, &skey);
+    if (!op)
+        return -1;
+    store *s = kv_store(inst);
+    return kv_submitted(inst, op, skey, s ? store_incr(s, skey, delta, ttl_ms, kv_stored, op) : -2);
+}
+
+size_t host_kv_cancel(koko_instance *inst, int deliver)
+{
+    size_t n = 0;
+    while (inst->kvs) {
+        struct koko_kv *op = inst->kvs;
+        kv_unlink(op);
+        n++;
+        if (deliver && (op->ev || kv_defer(op, KOKO_KV_E_CANCELLED, "cancelled: the instance was stopped") == 0)) {
+            if (op->ev && op->st != KOKO_KV_E_CANCELLED) { /* a no-store answer already queued */
+                op->st = KOKO_KV_E_CANCELLED;
+                free(op->error);
+                op->error = xstrdup("cancelled: the instance was stopped");
+            }
+            op->cancelled = 1;
+            inst->kv_cancelled++;
+            continue;
+        }
+        op->owner = NULL; /* dropped: nothing calls back */
+        if (op->ev) {
+            event_free(op->ev);
+            op->ev = NULL;
+        }
+        if (!op->in_store)
+            kv_free(op);
+    }
+    return n;
+}
+
+size_t host_kv_pending(const koko_instance *inst)
+{
+    size_t n = inst->kv_cancelled;
+    for (const struct koko_kv *op = inst->kvs; op; op = op->next)
+        n++;
+    return n;
+}
+
 const koko_host core_host = {
     .size = sizeof(koko_host),
     .abi_major = KOKO_ABI_MAJOR,
@@ -259,4 +550,9 @@ const koko_host core_host = {
     .conversation = host_conversation,
     .tool_call = host_tool_call,
     .chunk_excerpt = host_chunk_excerpt,
+    .kv_get = host_kv_get,
+    .kv_set = host_kv_set,
+    .kv_set_nx = host_kv_set_nx,
+    .kv_del = host_kv_del,
+    .kv_incr = host_kv_incr,
 };

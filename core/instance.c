@@ -58,6 +58,7 @@ koko_instance *instance_create(kokod *kd, const char *tenant_name, plugin_lib *l
             free(r);
         }
         httpc_cancel_owner(kd->http, inst);
+        host_kv_cancel(inst, 0);
         /* cancelled transfers would call back into a plugin that never
          * became an instance; a plugin must not submit work from a failing init */
         loader_release(kd->loader, lib);
@@ -143,7 +144,8 @@ static void drain_poll(evutil_socket_t fd, short what, void *arg)
         core_host.timer_cancel(inst->timers);
     size_t n = httpc_cancel_owner(kd->http, inst);
     (void)n;
-    if (httpc_pending(kd->http, inst) > 0) {
+    host_kv_cancel(inst, 1);
+    if (httpc_pending(kd->http, inst) > 0 || host_kv_pending(inst) > 0) {
         /* cancelled: wait for their callbacks to run */
         struct timeval tv = {0, DRAIN_POLL_MS * 1000};
         event_add(inst->drain_ev, &tv);

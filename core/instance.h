@@ -53,6 +53,8 @@ struct koko_instance {
     inst_state st;
     inst_route *routes;
     struct koko_timer *timers;
+    struct koko_kv *kvs;     /* kv_* calls whose callback is still owed (host.c) */
+    size_t kv_cancelled;     /* cancelled kv_* calls whose CANCELLED callback has not run yet */
     struct event *drain_ev;  /* deadline, then polls for cancelled transfers */
     uint64_t drain_deadline;
 };
@@ -73,5 +75,16 @@ size_t instance_draining(void);
 
 /* The koko_host vtable handed to every plugin (host.c). */
 extern const koko_host core_host;
+
+/*
+ * The kv_* calls INST still owes a callback for (host.c). host_kv_cancel:
+ * each gets KOKO_KV_E_CANCELLED later, from the loop (DELIVER = 1), or is
+ * dropped without a callback (DELIVER = 0: an init that failed); the store's
+ * own answer, when it comes, is discarded. Returns how many were cancelled.
+ * host_kv_pending: calls and CANCELLED callbacks not run yet — destroy()
+ * waits until it is 0.
+ */
+size_t host_kv_cancel(koko_instance *inst, int deliver);
+size_t host_kv_pending(const koko_instance *inst);
 
 #endif

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -108,6 +109,35 @@ typedef struct tool_record {
     void *job;
 } tool_record;
 
+/* The fake store behind kv_*: one per fakehost, or shared by several
+ * (replicas of one plugin on one Redis). Keys are the plugin's own keys. */
+typedef struct kv_entry {
+    char *key;
+    char *val;
+    size_t len;
+    double expires_ms; /* 0: none */
+    struct kv_entry *next;
+} kv_entry;
+
+typedef struct fakekv {
+    int refs;
+    kv_entry *head;
+} fakekv;
+
+typedef struct kv_answer {
+    fakehost *fh;
+    struct event *ev;
+    koko_kv_fn fn;
+    void *arg;
+    koko_kv_status st;
+    char *error;
+    int found;
+    int64_t integer;
+    char *value;
+    size_t value_len;
+    struct kv_answer *prev, *next;
+} kv_answer;
+
 typedef struct env_var {
     char *name, *value;
 } env_var;
@@ -159,6 +189,11 @@ struct fakehost {
     size_t n_tool_answers;
     tool_record *tools;
     size_t n_tools;
+
+    fakekv *kv;
+    koko_kv_status kv_fail;
+    kv_answer *kv_answers;
+    size_t n_kv_answers, kv_calls;
 
     size_t drained;
     int freeing;
@@ -775,6 +810,261 @@ void *fakehost_tool_job(const fakehost *fh, size_t i)
     return i < fh->n_tools ? fh->tools[i].job : NULL;
 }
 
+/* ---- kv (ABI 1.3) ---- */
+
+static double kv_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+static kv_entry **kv_find(fakekv *kv, const char *key)
+{
+    double now = kv_now_ms();
+    kv_entry **pp = &kv->head;
+    while (*pp) {
+        kv_entry *e = *pp;
+        if (e->expires_ms > 0 && e->expires_ms <= now) { /* expired: gone */
+            *pp = e->next;
+            free(e->key);
+            free(e->val);
+            free(e);
+            continue;
+        }
+        if (strcmp(e->key, key) == 0)
+            return pp;
+        pp = &e->next;
+    }
+    return NULL;
+}
+
+static void kv_put(fakekv *kv, const char *key, const void *val, size_t len, int64_t ttl_ms)
+{
+    kv_entry **pp = kv_find(kv, key), *e;
+    if (pp) {
+        e = *pp;
+        free(e->val);
+    } else {
+        e = xcalloc(1, sizeof *e);
+        e->key = xstrdup(key);
+        e->next = kv->head;
+        kv->head = e;
+    }
+    e->val = xmalloc(len + 1);
+    memcpy(e->val, val, len);
+    e->val[len] = 0;
+    e->len = len;
+    e->expires_ms = ttl_ms > 0 ? kv_now_ms() + (double)ttl_ms : 0;
+}
+
+static void kv_delete(fakekv *kv, kv_entry **pp)
+{
+    kv_entry *e = *pp;
+    *pp = e->next;
+    free(e->key);
+    free(e->val);
+    free(e);
+}
+
+static void kv_unref(fakekv *kv)
+{
+    if (!kv || --kv->refs > 0)
+        return;
+    while (kv->head)
+        kv_delete(kv, &kv->head);
+    free(kv);
+}
+
+static void kv_answer_unlink(kv_answer *a)
+{
+    fakehost *fh = a->fh;
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        fh->kv_answers = a->next;
+    if (a->next)
+        a->next->prev = a->prev;
+    fh->n_kv_answers--;
+}
+
+static void kv_answer_free(kv_answer *a)
+{
+    event_free(a->ev);
+    free(a->error);
+    free(a->value);
+    free(a);
+}
+
+static void kv_answer_fire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    kv_answer *a = arg;
+    kv_answer_unlink(a);
+    koko_kv_result r = {.size = sizeof r, .status = a->st, .error = a->error, .found = a->found,
+                        .integer = a->integer, .value = a->value, .value_len = a->value_len};
+    a->fn(&r, a->arg);
+    kv_answer_free(a);
+}
+
+/* Record the call; NULL when refused. The answer is filled by the caller. */
+static kv_answer *kv_begin(koko_instance *inst, const char *fn, const char *key, koko_kv_fn done, void *arg)
+{
+    fakehost *fh = host_of(inst, fn);
+    if (!key || !*key || strlen(key) > 512)
+        return NULL;
+    fh->kv_calls++;
+    kv_answer *a = xcalloc(1, sizeof *a);
+    a->fh = fh;
+    a->fn = done;
+    a->arg = arg;
+    a->st = fh->kv_fail;
+    if (a->st != KOKO_KV_OK)
+        a->error = xstrdup("fakehost: the store fails (fakehost_kv_fail)");
+    return a;
+}
+
+/* Answer A later (or drop it when nobody listens). */
+static int kv_end(kv_answer *a)
+{
+    fakehost *fh = a->fh;
+    if (!a->fn) {
+        free(a->error);
+        free(a->value);
+        free(a);
+        return 0;
+    }
+    a->ev = evtimer_new(fh->base, kv_answer_fire, a);
+    if (!a->ev)
+        abort();
+    struct timeval tv = {0, 0};
+    evtimer_add(a->ev, &tv);
+    a->next = fh->kv_answers;
+    if (fh->kv_answers)
+        fh->kv_answers->prev = a;
+    fh->kv_answers = a;
+    fh->n_kv_answers++;
+    return 0;
+}
+
+static int fh_kv_get(koko_instance *inst, const char *key, koko_kv_fn done, void *arg)
+{
+    kv_answer *a = kv_begin(inst, "kv_get", key, done, arg);
+    if (!a)
+        return -1;
+    kv_entry **pp = a->st == KOKO_KV_OK ? kv_find(a->fh->kv, key) : NULL;
+    if (pp) {
+        a->found = 1;
+        a->value = xmalloc((*pp)->len + 1);
+        memcpy(a->value, (*pp)->val, (*pp)->len + 1);
+        a->value_len = (*pp)->len;
+    }
+    return kv_end(a);
+}
+
+static int fh_kv_set(koko_instance *inst, const char *key, const void *val, size_t len, int64_t ttl_ms,
+                     koko_kv_fn done, void *arg)
+{
+    kv_answer *a = kv_begin(inst, "kv_set", key, done, arg);
+    if (!a)
+        return -1;
+    if (a->st == KOKO_KV_OK)
+        kv_put(a->fh->kv, key, val ? val : "", val ? len : 0, ttl_ms);
+    return kv_end(a);
+}
+
+static int fh_kv_set_nx(koko_instance *inst, const char *key, const void *val, size_t len, int64_t ttl_ms,
+                        koko_kv_fn done, void *arg)
+{
+    kv_answer *a = kv_begin(inst, "kv_set_nx", key, done, arg);
+    if (!a)
+        return -1;
+    if (a->st == KOKO_KV_OK && !kv_find(a->fh->kv, key)) {
+        kv_put(a->fh->kv, key, val ? val : "", val ? len : 0, ttl_ms);
+        a->integer = 1;
+    }
+    return kv_end(a);
+}
+
+static int fh_kv_del(koko_instance *inst, const char *key, koko_kv_fn done, void *arg)
+{
+    kv_answer *a = kv_begin(inst, "kv_del", key, done, arg);
+    if (!a)
+        return -1;
+    kv_entry **pp = a->st == KOKO_KV_OK ? kv_find(a->fh->kv, key) : NULL;
+    if (pp) {
+        kv_delete(a->fh->kv, pp);
+        a->integer = 1;
+    }
+    return kv_end(a);
+}
+
+static int fh_kv_incr(koko_instance *inst, const char *key, int64_t delta, int64_t ttl_ms, koko_kv_fn done,
+                      void *arg)
+{
+    kv_answer *a = kv_begin(inst, "kv_incr", key, done, arg);
+    if (!a)
+        return -1;
+    if (a->st == KOKO_KV_OK) {
+        kv_entry **pp = kv_find(a->fh->kv, key);
+        char *end = NULL;
+        long long cur = pp ? strtoll((*pp)->val, &end, 10) : 0;
+        if (pp && (end == (*pp)->val || *end)) {
+            a->st = KOKO_KV_E_TYPE;
+            a->error = xstrdup("fakehost: the value is not an integer");
+        } else {
+            char buf[32];
+            snprintf(buf, sizeof buf, "%lld", cur + (long long)delta);
+            double exp = pp ? (*pp)->expires_ms : 0;
+            kv_put(a->fh->kv, key, buf, strlen(buf), 0);
+            kv_entry **np = kv_find(a->fh->kv, key);
+            (*np)->expires_ms = exp > 0 ? exp : ttl_ms > 0 ? kv_now_ms() + (double)ttl_ms : 0;
+            a->integer = cur + delta;
+        }
+    }
+    return kv_end(a);
+}
+
+void fakehost_share_kv(fakehost *fh, fakehost *with)
+{
+    with->kv->refs++;
+    kv_unref(fh->kv);
+    fh->kv = with->kv;
+}
+
+void fakehost_kv_fail(fakehost *fh, koko_kv_status st)
+{
+    fh->kv_fail = st;
+}
+
+size_t fakehost_kv_calls(const fakehost *fh)
+{
+    return fh->kv_calls;
+}
+
+const char *fakehost_kv_peek(fakehost *fh, const char *key, size_t *len)
+{
+    kv_entry **pp = kv_find(fh->kv, key);
+    if (len)
+        *len = pp ? (*pp)->len : 0;
+    return pp ? (*pp)->val : NULL;
+}
+
+void fakehost_kv_put(fakehost *fh, const char *key, const char *val, int64_t ttl_ms)
+{
+    kv_put(fh->kv, key, val, strlen(val), ttl_ms);
+}
+
+size_t fakehost_kv_count(fakehost *fh, const char *prefix)
+{
+    size_t n = 0, pl = strlen(prefix);
+    for (kv_entry *e = fh->kv->head; e; e = e->next)
+        if (strncmp(e->key, prefix, pl) == 0 && (e->expires_ms <= 0 || e->expires_ms > kv_now_ms()))
+            n++;
+    return n;
+}
+
 /* ---- the vtable ---- */
 
 static const koko_host fake_host = {
@@ -799,6 +1089,11 @@ static const koko_host fake_host = {
     .post = fh_post,
     .conversation = fh_conversation,
     .tool_call = fh_tool_call,
+    .kv_get = fh_kv_get,
+    .kv_set = fh_kv_set,
+    .kv_set_nx = fh_kv_set_nx,
+    .kv_del = fh_kv_del,
+    .kv_incr = fh_kv_incr,
 };
 
 const koko_host *fakehost_host(void)
@@ -818,6 +1113,8 @@ fakehost *fakehost_new(const char *tenant, const char *plugin)
     fh->base_dir = xstrdup(".");
     fh->echo = getenv("FAKEHOST_VERBOSE") != NULL;
     fh->post_pipe[0] = fh->post_pipe[1] = -1;
+    fh->kv = xcalloc(1, sizeof *fh->kv);
+    fh->kv->refs = 1;
     pthread_mutex_init(&fh->post_lock, NULL);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     fh->base = event_base_new();
@@ -857,6 +1154,12 @@ void fakehost_free(fakehost *fh)
         json_decref(a->result);
         free(a);
     }
+    while (fh->kv_answers) {
+        kv_answer *a = fh->kv_answers;
+        kv_answer_unlink(a);
+        kv_answer_free(a);
+    }
+    kv_unref(fh->kv);
     httpc_free(fh->http); /* callbacks run now, but http_done skips the plugin */
     while (fh->open_reqs)
         request_free(fh->open_reqs);
@@ -967,7 +1270,8 @@ size_t fakehost_pending(const fakehost *fh)
     pthread_mutex_lock(lock);
     size_t posts = fh->posts_pending;
     pthread_mutex_unlock(lock);
-    return fh->timers_pending + httpc_pending(fh->http, NULL) + posts + fh->n_answers + fh->n_tool_answers;
+    return fh->timers_pending + httpc_pending(fh->http, NULL) + posts + fh->n_answers + fh->n_tool_answers +
+           fh->n_kv_answers;
 }
 
 static void deadline_fire(evutil_socket_t fd, short what, void *arg)
@@ -1017,6 +1321,16 @@ void fakehost_cancel_all(fakehost *fh)
     httpc_cancel_owner(fh->http, &fh->inst);
     while (httpc_pending(fh->http, NULL) > 0)
         event_base_loop(fh->base, EVLOOP_ONCE);
+    /* as kokod at the drain deadline: what the store has not answered is cancelled */
+    while (fh->kv_answers) {
+        kv_answer *a = fh->kv_answers;
+        a->st = KOKO_KV_E_CANCELLED;
+        free(a->error);
+        a->error = xstrdup("cancelled: the instance was stopped");
+        a->found = 0;
+        event_del(a->ev);
+        kv_answer_fire(-1, 0, a);
+    }
 }
 
 /* ---- recorded facts ---- */

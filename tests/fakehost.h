@@ -165,6 +165,25 @@ const json_t *fakehost_tool_args(const fakehost *fh, size_t i);   /* borrowed */
 /* The job pointer the plugin passed with the I-th call. */
 void *fakehost_tool_job(const fakehost *fh, size_t i);
 
+/* ---- kv (ABI 1.3 plugin state) ---- */
+
+/* kv_* work on an in-memory store keyed by the plugin's own keys (no tenant
+ * or plugin prefix), with TTLs on the monotonic clock; answers come later,
+ * from the loop, and count in fakehost_pending. fakehost_cancel_all answers
+ * what is left with KOKO_KV_E_CANCELLED; fakehost_free drops it silently. */
+/* Make FH use WITH's store: two fakehosts are then two replicas on one Redis. */
+void fakehost_share_kv(fakehost *fh, fakehost *with);
+/* Later kv_* calls fail with ST and touch nothing (KOKO_KV_OK: work again). */
+void fakehost_kv_fail(fakehost *fh, koko_kv_status st);
+/* kv_* calls accepted so far. */
+size_t fakehost_kv_calls(const fakehost *fh);
+/* The live value of KEY (borrowed, NUL-terminated) or NULL; *LEN its length. */
+const char *fakehost_kv_peek(fakehost *fh, const char *key, size_t *len);
+/* Write KEY = VAL directly (TTL_MS <= 0: none), as another replica would. */
+void fakehost_kv_put(fakehost *fh, const char *key, const char *val, int64_t ttl_ms);
+/* Live keys starting with PREFIX. */
+size_t fakehost_kv_count(fakehost *fh, const char *prefix);
+
 /* ---- validate() diagnostics ---- */
 
 typedef struct fakediag fakediag;

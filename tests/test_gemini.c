@@ -82,6 +82,9 @@ START_TEST(test_validate)
                      2);
     ck_assert_int_ge(fakediag_find(fd, "timeout_ms: expected a whole number of milliseconds from 100 to 600000, got a string"), 0);
     ck_assert_int_ge(fakediag_find(fd, "rate.requests_per_min: expected a number greater than 0, got 0"), 0);
+    fakediag_clear(fd);
+    ck_assert_int_eq(validate_count("{\"api_key\":\"k\",\"rate\":{\"requests_per_min\":6,\"window_ms\":50}}", fd), 1);
+    ck_assert_int_ge(fakediag_find(fd, "rate.window_ms: expected an integer from 100 to 3600000 (milliseconds), got 50"), 0);
     ck_assert_int_eq(validate_count("{\"api_key\":\"k\",\"base_url\":\"ftp://x\"}", fd), 1);
     fakediag_free(fd);
 }
@@ -241,6 +244,88 @@ START_TEST(test_ttl_extension)
 }
 END_TEST
 
+static void run_both(lt_plugin *a, lt_plugin *b, lt_out *o, int n)
+{
+    double t0 = lt_now_ms();
+    for (;;) {
+        int done = 0;
+        for (int i = 0; i < n; i++)
+            done += o[i].done;
+        if (done == n || lt_now_ms() - t0 > 10000)
+            break;
+        event_base_loop(fakehost_base(a->fh), EVLOOP_NONBLOCK);
+        event_base_loop(fakehost_base(b->fh), EVLOOP_NONBLOCK);
+        usleep(1000);
+    }
+    for (int i = 0; i < n; i++)
+        ck_assert_int_eq(o[i].done, 1);
+}
+
+/* The handle lives in the store: two replicas create one cache between them
+ * (the loser of the lock goes uncached, then reuses it), and a replica
+ * started later (a restart) reuses it without creating. */
+START_TEST(test_cache_shared_by_replicas)
+{
+    lt_plugin a, b, c;
+    start(&a, "");
+    start(&b, "");
+    fakehost_share_kv(b.fh, a.fh);
+    char *kb = lt_kb(120, 7);
+    enum { N = 8 };
+    lt_req *r[N + 2];
+    lt_out o[N + 2];
+    memset(o, 0, sizeof o);
+    for (int i = 0; i < N + 2; i++) {
+        r[i] = lt_req_new("en", "Hello", NULL, "eeee000000000001");
+        r[i]->req.knowledge = kb;
+        r[i]->req.knowledge_bytes = strlen(kb);
+    }
+    for (int i = 0; i < N; i++) {
+        lt_plugin *lp = i % 2 ? &b : &a;
+        lt_ops(lp)->generate(lp->state, &r[i]->req, lt_on_result, &o[i]);
+    }
+    run_both(&a, &b, o, N);
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(o[i].st, KOKO_OK);
+    ck_assert_uint_eq(lt_count("POST", "/v1beta/cachedContents"), 1);
+    const char *stored = fakehost_kv_peek(a.fh, "cache:gemini-2.5-flash:eeee000000000001", NULL);
+    ck_assert_ptr_nonnull(stored);
+    ck_assert_ptr_nonnull(strstr(stored, "\"name\":\"cachedContents/"));
+    ck_assert_ptr_nonnull(strstr(stored, "\"expires\":"));
+    usleep(2100 * 1000); /* GEMINI_LOCK_WAIT_S: the loser looks in the store again */
+    lt_generate(&b, r[N], &o[N]);
+    ck_assert_int_eq(o[N].cache_hit, 1);
+    ck_assert_uint_eq(lt_count("POST", "/v1beta/cachedContents"), 1);
+    lt_fini(&b);
+    /* a later start of a replica: the handle comes from the store */
+    start(&c, "");
+    fakehost_share_kv(c.fh, a.fh);
+    lt_generate(&c, r[N + 1], &o[N + 1]);
+    ck_assert_int_eq(o[N + 1].st, KOKO_OK);
+    ck_assert_int_eq(o[N + 1].cache_hit, 1);
+    ck_assert_uint_eq(lt_count("POST", "/v1beta/cachedContents"), 1);
+    ck_assert_int_ge(fakehost_log_find(c.fh, "reusing context cache cachedContents/"), 0);
+    fakehost_run(c.fh, 2000); /* the shared totals arrive */
+    int hits = 0;
+    for (int i = 0; i < N + 2; i++)
+        hits += o[i].cache_hit;
+    json_t *info = lt_ops(&c)->cache_info(c.state);
+    json_t *ci = json_array_get(info, 0);
+    ck_assert_int_eq(json_is_true(json_object_get(ci, "totals_shared")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(ci, "hits")), hits);
+    ck_assert_int_eq(json_integer_value(json_object_get(ci, "hits_here")), 1);
+    json_decref(info);
+    for (int i = 0; i < N + 2; i++) {
+        lt_out_clear(&o[i]);
+        r[i]->req.knowledge = NULL;
+        lt_req_free(r[i]);
+    }
+    free(kb);
+    lt_fini(&c);
+    lt_fini(&a);
+}
+END_TEST
+
 START_TEST(test_recreate_after_expiry_and_404)
 {
     lt_plugin lp;
@@ -265,6 +350,12 @@ START_TEST(test_recreate_after_expiry_and_404)
     ck_assert_int_eq(o.cache_hit, 1);
     ck_assert_uint_eq(lt_count("POST", "/v1beta/cachedContents"), 3);
     ck_assert_int_ge(fakehost_log_find(lp.fh, "is gone (404)"), 0);
+    /* the store holds the new handle, not the one that was gone */
+    info = lt_ops(&lp)->cache_info(lp.state);
+    const char *now_stored = fakehost_kv_peek(lp.fh, "cache:gemini-2.5-flash:cccc000000000001", NULL);
+    ck_assert_ptr_nonnull(now_stored);
+    ck_assert_ptr_nonnull(strstr(now_stored, json_string_value(json_object_get(json_array_get(info, 0), "name"))));
+    json_decref(info);
     assert_no_mix();
     lt_out_clear(&o);
     lt_req_free(r);
@@ -588,11 +679,13 @@ END_TEST
 
 /* ---- rate limiter ---- */
 
+/* Windows of 1 s holding 10 requests (600/min): 25 requests need three
+ * windows, so the last is granted at least 1 s after the first ones. */
 START_TEST(test_rate_limiter_queues)
 {
     lt_plugin lp;
-    start(&lp, "\"rate\":{\"requests_per_min\":60}");
-    enum { N = 62 };
+    start(&lp, "\"rate\":{\"requests_per_min\":600,\"window_ms\":1000}");
+    enum { N = 25 };
     lt_req *r[N];
     lt_out o[N];
     memset(o, 0, sizeof o);
@@ -609,12 +702,82 @@ START_TEST(test_rate_limiter_queues)
     for (int i = 0; i < N; i++)
         if (o[i].at_ms > last)
             last = o[i].at_ms;
-    ck_assert_msg(last - t0 >= 1900, "62 requests at 60/min took only %.0f ms", last - t0);
-    ck_assert_msg(last - t0 < 5000, "took %.0f ms", last - t0);
+    ck_assert_msg(last - t0 >= 1000, "25 requests at 10 per 1 s window took only %.0f ms", last - t0);
+    ck_assert_msg(last - t0 < 4000, "took %.0f ms", last - t0);
+    ck_assert_uint_ge(fakehost_kv_count(lp.fh, "rate:1000:"), 2); /* one counter per window */
     for (int i = 0; i < N; i++) {
         lt_out_clear(&o[i]);
         lt_req_free(r[i]);
     }
+    lt_fini(&lp);
+}
+END_TEST
+
+/* Two replicas on one store share one budget: 5 requests per 1 s window,
+ * 6 requests each. Alone each would finish within two windows (< 1 s after
+ * the start); together the 12 need three. */
+START_TEST(test_rate_limit_shared_by_replicas)
+{
+    lt_plugin a, b;
+    const char *rate = "\"rate\":{\"requests_per_min\":300,\"window_ms\":1000}";
+    start(&a, rate);
+    start(&b, rate);
+    fakehost_share_kv(b.fh, a.fh);
+    enum { N = 12 };
+    lt_req *r[N];
+    lt_out o[N];
+    memset(o, 0, sizeof o);
+    double t0 = lt_now_ms();
+    for (int i = 0; i < N; i++) {
+        r[i] = lt_req_new("en", "Hello", NULL, NULL);
+        lt_plugin *lp = i % 2 ? &b : &a;
+        lt_ops(lp)->generate(lp->state, &r[i]->req, lt_on_result, &o[i]);
+    }
+    for (;;) {
+        int done = 0;
+        for (int i = 0; i < N; i++)
+            done += o[i].done;
+        if (done == N || lt_now_ms() - t0 > 10000)
+            break;
+        event_base_loop(fakehost_base(a.fh), EVLOOP_NONBLOCK);
+        event_base_loop(fakehost_base(b.fh), EVLOOP_NONBLOCK);
+        usleep(2000);
+    }
+    double last = 0;
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(o[i].done, 1);
+        ck_assert_int_eq(o[i].st, KOKO_OK);
+        if (o[i].at_ms > last)
+            last = o[i].at_ms;
+    }
+    ck_assert_msg(last - t0 >= 1000, "12 requests at 5 per window over 2 replicas took only %.0f ms", last - t0);
+    ck_assert_msg(last - t0 < 4000, "took %.0f ms", last - t0);
+    for (int i = 0; i < N; i++) {
+        lt_out_clear(&o[i]);
+        lt_req_free(r[i]);
+    }
+    lt_fini(&b);
+    lt_fini(&a);
+}
+END_TEST
+
+/* The store fails: the limiter counts locally (warning), the requests are answered. */
+START_TEST(test_rate_limit_store_down)
+{
+    lt_plugin lp;
+    start(&lp, "\"rate\":{\"requests_per_min\":60,\"window_ms\":1000}");
+    fakehost_kv_fail(lp.fh, KOKO_KV_E_UNAVAILABLE);
+    lt_req *r = lt_req_new("en", "Hello", NULL, NULL);
+    lt_out o;
+    memset(&o, 0, sizeof o);
+    for (int i = 0; i < 3; i++) {
+        lt_generate(&lp, r, &o);
+        ck_assert_int_eq(o.st, KOKO_OK);
+    }
+    ck_assert_int_ge(fakehost_log_find(lp.fh, "rate limit: the store failed"), 0);
+    ck_assert_int_ge(fakehost_log_find(lp.fh, "counting this replica's requests locally"), 0);
+    lt_out_clear(&o);
+    lt_req_free(r);
     lt_fini(&lp);
 }
 END_TEST
@@ -714,7 +877,10 @@ int main(void)
     tcase_add_test(tc, test_timeout);
     tcase_add_test(tc, test_cost_arithmetic);
     tcase_add_test(tc, test_blocked_answer_hands_off);
+    tcase_add_test(tc, test_cache_shared_by_replicas);
     tcase_add_test(tc, test_rate_limiter_queues);
+    tcase_add_test(tc, test_rate_limit_shared_by_replicas);
+    tcase_add_test(tc, test_rate_limit_store_down);
     tcase_add_test(tc, test_cache_refresh);
     tcase_add_test(tc, test_stop_drains);
     suite_add_tcase(s, tc);

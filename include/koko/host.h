@@ -16,6 +16,7 @@
  *        timer_start/timer_cancel, route_add, req_*, respond, submit, post.
  *   1.1  conversation (ownership events from channels).
  *   1.2  tool_call (function calling for LLM backends), chunk_excerpt.
+ *   1.3  kv_get, kv_set, kv_set_nx, kv_del, kv_incr (plugin state in the store)
  */
 #ifndef KOKO_HOST_H
 #define KOKO_HOST_H
@@ -80,6 +81,30 @@ typedef enum koko_conv_event {
     KOKO_CONV_RESOLVED = 2, /* closed */
     KOKO_CONV_BOT = 3,      /* handed back to the bot (e.g. Chatwoot status "pending") */
 } koko_conv_event;
+
+/* Outcome of a kv_* call (ABI 1.3). */
+typedef enum koko_kv_status {
+    KOKO_KV_OK = 0,
+    KOKO_KV_E_UNAVAILABLE = 1, /* the store is unreachable (Redis down), or kokod runs without one:
+                                  retry later or degrade to local state */
+    KOKO_KV_E_CANCELLED = 2,   /* the instance was stopped (or the store closed) first */
+    KOKO_KV_E_TYPE = 3,        /* kv_incr on a value that is not an integer */
+    KOKO_KV_E_IO = 4,          /* the backend failed (disk full, Redis error reply) */
+} koko_kv_status;
+
+/* Result of a kv_* call; it and everything it points to is borrowed for the
+ * callback's duration: copy what you keep. */
+typedef struct koko_kv_result {
+    uint32_t size;         /* sizeof(koko_kv_result) as built by the host */
+    koko_kv_status status;
+    const char *error;     /* what failed, NULL when KOKO_KV_OK */
+    int found;             /* kv_get: 1 when the key holds a live value */
+    int64_t integer;       /* kv_set_nx: 1 set / 0 existed; kv_del: 1 existed; kv_incr: the new value */
+    const char *value;     /* kv_get: the value (NUL-terminated too), NULL when not found */
+    size_t value_len;
+} koko_kv_result;
+
+typedef void (*koko_kv_fn)(const koko_kv_result *r, void *arg);
 
 struct koko_host {
     uint32_t size; /* sizeof(koko_host) as built by the host: check before using a later field */
@@ -169,7 +194,51 @@ struct koko_host {
      * valid until the backend's DONE runs. NULL when I is out of range.
      */
     const char *(*chunk_excerpt)(koko_instance *inst, void *job, size_t i);
+
+    /* ---- 1.3 ---- */
+    /*
+     * Plugin state in kokod's store (SQLite, or a Redis shared by every
+     * replica), so that nothing a plugin must remember lives only in its
+     * process. KEY is the plugin's own name for the value: the host maps it
+     * to the store key "{tenant}:plugin:{plugin}:{key}", each ':'-separated
+     * part of KEY escaped with store_key_part() (doc/state.md), so a plugin
+     * sees and touches only its own tenant's and its own name's keys, and
+     * the same KEY names the same value in every replica and after a
+     * restart. Values are byte strings (binary-safe). TTL_MS <= 0: no expiry.
+     *
+     * Each call returns 0 when accepted: DONE(result, ARG) then runs EXACTLY
+     * ONCE, LATER, on the loop thread — also when the store fails (status
+     * KOKO_KV_E_UNAVAILABLE / _IO), when kokod has no store, and when the
+     * instance is stopped first: at its drain deadline the host answers what
+     * is left with KOKO_KV_E_CANCELLED, before destroy(); no callback runs
+     * after destroy(). DONE may be NULL: then nothing calls back (a write
+     * whose outcome does not matter). -1: refused outright (KEY NULL or
+     * empty or over 512 bytes, the instance stopped, kokod exiting); DONE
+     * never runs. Arguments are copied before the call returns.
+     *
+     * kv_get:    found = 1 and value when KEY holds a live value.
+     * kv_set:    set KEY to VAL (replacing any value and expiry).
+     * kv_set_nx: set KEY only when it does not exist: integer = 1 when set,
+     *            0 when it existed. Atomic across replicas (a lock, a claim).
+     * kv_del:    integer = 1 when KEY existed.
+     * kv_incr:   add DELTA to the integer in KEY (missing = 0): integer = the
+     *            new value; TTL_MS > 0 is given to a key that has no expiry
+     *            yet (a new counter), atomically with the increment.
+     */
+    int (*kv_get)(koko_instance *inst, const char *key, koko_kv_fn done, void *arg);
+    int (*kv_set)(koko_instance *inst, const char *key, const void *val, size_t len, int64_t ttl_ms,
+                  koko_kv_fn done, void *arg);
+    int (*kv_set_nx)(koko_instance *inst, const char *key, const void *val, size_t len, int64_t ttl_ms,
+                     koko_kv_fn done, void *arg);
+    int (*kv_del)(koko_instance *inst, const char *key, koko_kv_fn done, void *arg);
+    int (*kv_incr)(koko_instance *inst, const char *key, int64_t delta, int64_t ttl_ms, koko_kv_fn done,
+                   void *arg);
 };
+
+/* 1 when HOST offers the 1.3 kv_* calls (a plugin built for 1.3 may be
+ * loaded by a 1.2 host only if it checks this first). */
+#define KOKO_HOST_HAS_KV(host) \
+    ((host)->abi_minor >= 3 && (host)->size >= offsetof(koko_host, kv_incr) + sizeof(void *) && (host)->kv_incr)
 
 #ifdef __cplusplus
 }

@@ -15,7 +15,8 @@
  *        customer_facts, job; koko_llm_result: cost_usd, cache_hit;
  *        koko_llm_ops: cache_info, cache_refresh; koko_host.tool_call.
  *   1.3  koko_llm_request: instruction, response_schema (tasks such as
- *        customer-memory extraction; KOKO_LLM_IS_TASK).
+ *        customer-memory extraction; KOKO_LLM_IS_TASK); koko_host: kv_get,
+ *        kv_set, kv_set_nx, kv_del, kv_incr (plugin state in the store).
  *
  * Threading: every function here is called on the loop thread and must not
  * block it (no sleeping, no synchronous network or disk I/O beyond reading a

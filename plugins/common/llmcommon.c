@@ -175,7 +175,7 @@ static char *sb_take(sbuf *b)
 
 const char *const llm_common_keys[] = {"timeout_ms",     "max_attempts", "backoff_ms", "max_retry_delay_ms", "rate",
                                        "max_tool_steps", "temperature",  "prices",     NULL};
-static const char *const rate_keys[] = {"requests_per_min", "tokens_per_min", NULL};
+static const char *const rate_keys[] = {"requests_per_min", "tokens_per_min", "window_ms", NULL};
 static const char *const price_keys[] = {"input", "cached_input", "output", "cache_storage_per_hour", NULL};
 
 const char *llm_json_kind(const json_t *v)
@@ -263,6 +263,13 @@ static int check_rate(const json_t *v, koko_diag *d)
         if (!known) {
             report_unknown(d, "rate", k, rate_keys, NULL);
             n++;
+        } else if (strcmp(k, "window_ms") == 0) {
+            if (!json_is_integer(x)) {
+                d->error(d, path, "expected an integer from 100 to 3600000 (milliseconds), got %s", llm_json_kind(x));
+                n++;
+            } else {
+                n += check_num(x, path, 100, 3600000, 0, "an integer from 100 to 3600000 (milliseconds)", d);
+            }
         } else {
             n += check_num(x, path, 0, 1e12, 1, "a number greater than 0", d);
         }
@@ -356,6 +363,9 @@ void llm_cfg_load(const json_t *cfg, llm_common_cfg *c)
     const json_t *rate = json_object_get(cfg, "rate");
     c->rpm = json_number_value(json_object_get(rate, "requests_per_min"));
     c->tpm = json_number_value(json_object_get(rate, "tokens_per_min"));
+    c->rate_window_ms = json_is_integer(json_object_get(rate, "window_ms"))
+                            ? (long)json_integer_value(json_object_get(rate, "window_ms"))
+                            : RL_DEFAULT_WINDOW_MS;
     const json_t *t = json_object_get(cfg, "temperature");
     if (json_is_number(t)) {
         c->has_temperature = 1;
@@ -480,7 +490,7 @@ llm_client *llm_client_new(const koko_host *host, koko_instance *inst, const llm
     cl->idle = idle;
     cl->idle_arg = idle_arg;
     if (cfg->rpm > 0 || cfg->tpm > 0) {
-        cl->limiter = rl_new(host, inst, cfg->rpm, cfg->tpm);
+        cl->limiter = rl_new(host, inst, cfg->rpm, cfg->tpm, cfg->rate_window_ms);
         if (!cl->limiter) {
             free(cl->who);
             free(cl);

@@ -50,6 +50,7 @@ typedef struct llm_common_cfg {
     long backoff_ms;
     long max_retry_delay_ms;
     double rpm, tpm; /* 0 = unlimited */
+    long rate_window_ms; /* rate.window_ms: the shared limiter's window (default one minute) */
     unsigned max_tool_steps;
     double temperature;
     int has_temperature;

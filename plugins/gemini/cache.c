@@ -2,10 +2,17 @@
  * plugins/gemini/cache.c — managed Gemini context caches (cachedContents).
  *
  * One record per context_hash (the core's hash of persona + decisions + KB +
- * tool declarations; the model is fixed per instance), kept in memory by the
- * instance. A record is created on first use, and only when its estimated
- * size (JSON bytes / 4) reaches the model's minimum; requests arriving while
- * it is being created wait for it. Using a cache with less than 20 % of its
+ * tool declarations; the model is fixed per instance). The handle lives in
+ * the store (host kv_*, "cache:{model}:{hash}" = {name, model, tokens,
+ * created, expires}, TTL until expireTime), so a restarted kokod and every
+ * replica reuse one cache; the instance keeps a copy in memory. On first use
+ * the store is read; when it holds no live handle the replica takes the
+ * "cache-lock:{model}:{hash}" key (kv_set_nx, GEMINI_LOCK_TTL_S) and creates
+ * the cache — a replica that loses the race sends that query uncached and
+ * looks in the store again GEMINI_LOCK_WAIT_S later. A store that fails
+ * degrades to creating per process, with a warning. The cache is created
+ * only when its estimated size (JSON bytes / 4) reaches the model's minimum;
+ * requests arriving while it is looked up or created wait for it. Using a cache with less than 20 % of its
  * TTL left extends it with PATCH ?updateMask=ttl; an expired one (by its
  * expireTime) or one the API answers 404 for is created again. A new hash
  * whose knowledge differs from a record's (a reload with a new KB) retires
@@ -15,7 +22,11 @@
  * a create or a PATCH adds — and charged to the next answer's cost_usd
  * (gemini.unbilled_storage_usd). An early DELETE is not refunded here, so the
  * figure is an upper bound. usd_saved = tokens served from the cache ×
- * (input − cached_input) − the storage bought for it.
+ * (input − cached_input) − the storage bought for it. Hits, tokens saved
+ * and storage bought (token-seconds) are also added to
+ * "cache-stats:{model}:{hash}:*" counters (kv_incr), whose totals — every
+ * replica, every run — are what cache_info() shows once known, priced with
+ * this instance's price table.
  */
 #define _GNU_SOURCE
 #include <math.h>
@@ -23,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "gemini.h"
 
@@ -38,9 +50,11 @@ struct gcache {
     double created, expires, last_used; /* unix seconds */
     double retry_after;
     int uncacheable;    /* below the minimum, or the API refused it: never cached */
-    int creating, patching, dead;
+    int looking, creating, patching, dead;
     uint64_t hits, tokens_saved;
     double usd_saved, storage_usd;
+    int64_t total_hits, total_tokens_saved, total_storage_tok_s; /* store; -1 unknown */
+    int64_t unanswered[3]; /* sent to those counters, not answered yet */
     gen *waiters, *waiters_tail;
     grefresh *rf;
     gcache *next;
@@ -70,6 +84,100 @@ static void rfc3339(double t, char *buf, size_t n)
     struct tm tm;
     gmtime_r(&s, &tm);
     strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* ---- the store ---- */
+
+static int has_kv(const gemini *gm)
+{
+    return KOKO_HOST_HAS_KV(gm->host);
+}
+
+static char *store_key(const gemini *gm, const char *kind, const char *hash, const char *suffix)
+{
+    return llm_asprintf("%s:%s:%s%s%s", kind, gm->model, hash, suffix ? ":" : "", suffix ? suffix : "");
+}
+
+/* Write C's handle: TTL until its expireTime. */
+static void store_put(gemini *gm, gcache *c)
+{
+    if (!has_kv(gm) || !c->name)
+        return;
+    char created[40], expires[40];
+    rfc3339(c->created, created, sizeof created);
+    rfc3339(c->expires, expires, sizeof expires);
+    json_t *v = json_pack("{s:s,s:s,s:I,s:s,s:s}", "name", c->name, "model", gm->model, "tokens",
+                          (json_int_t)c->tokens, "created", created, "expires", expires);
+    char *text = json_dumps(v, JSON_COMPACT);
+    json_decref(v);
+    int64_t ttl = (int64_t)((c->expires - wall_now()) * 1000.0);
+    char *key = store_key(gm, "cache", c->hash, NULL);
+    if (text && ttl > 0)
+        gm->host->kv_set(gm->inst, key, text, strlen(text), ttl, NULL, NULL);
+    free(key);
+    free(text);
+}
+
+static void store_forget(gemini *gm, const char *hash, const char *kind)
+{
+    if (!has_kv(gm))
+        return;
+    char *key = store_key(gm, kind, hash, NULL);
+    gm->host->kv_del(gm->inst, key, NULL, NULL);
+    free(key);
+}
+
+static gcache *find(gemini *gm, const char *hash);
+
+typedef struct stat_ctx {
+    gemini *gm;
+    char *hash;
+    int which; /* 0 hits, 1 tokens saved, 2 storage bought in token-seconds */
+    int64_t delta;
+} stat_ctx;
+
+static int64_t *total_of(gcache *c, int which)
+{
+    int64_t *t[] = {&c->total_hits, &c->total_tokens_saved, &c->total_storage_tok_s};
+    return t[which];
+}
+
+static void on_stat(const koko_kv_result *r, void *arg)
+{
+    stat_ctx *x = arg;
+    gcache *c = find(x->gm, x->hash);
+    if (c) {
+        c->unanswered[x->which] -= x->delta;
+        if (r->status == KOKO_KV_OK) /* the store's total, plus what it has not counted yet */
+            *total_of(c, x->which) = r->integer + c->unanswered[x->which];
+    }
+    free(x->hash);
+    free(x);
+}
+
+/* Add DELTA to C's shared counter WHICH; the answer is the total. */
+static void stat_add(gemini *gm, gcache *c, int which, int64_t delta)
+{
+    static const char *const names[] = {"hits", "tokens_saved", "storage_token_seconds"};
+    if (!has_kv(gm))
+        return;
+    stat_ctx *x = calloc(1, sizeof *x);
+    if (!x)
+        abort();
+    x->gm = gm;
+    x->hash = llm_strdup(c->hash);
+    x->which = which;
+    x->delta = delta;
+    char *key = store_key(gm, "cache-stats", c->hash, names[which]);
+    if (gm->host->kv_incr(gm->inst, key, delta, (int64_t)GEMINI_STATS_TTL_S * 1000, on_stat, x) != 0) {
+        free(x->hash);
+        free(x);
+    } else {
+        c->unanswered[which] += delta;
+        if (*total_of(c, which) >= 0)
+            *total_of(c, which) += delta;
+    }
+    free(key);
 }
 
 static gcache *find(gemini *gm, const char *hash)
@@ -159,6 +267,7 @@ static void drop(gemini *gm, gcache *c, const char *why, int retire_hash)
         remote_delete(gm, c->name);
         free(c->name);
         c->name = NULL;
+        store_forget(gm, c->hash, "cache");
     }
     if (c->refresh_old) {
         remote_delete(gm, c->refresh_old);
@@ -168,7 +277,7 @@ static void drop(gemini *gm, gcache *c, const char *why, int retire_hash)
     if (retire_hash)
         retire(gm, c->hash);
     c->dead = 1;
-    if (!c->creating && !c->patching)
+    if (!c->creating && !c->patching && !c->looking)
         record_free(c);
 }
 
@@ -200,6 +309,7 @@ static void on_created(const llm_response *r, void *arg)
     gcache *c = arg;
     gemini *gm = c->gm;
     c->creating = 0;
+    store_forget(gm, c->hash, "cache-lock"); /* ours, or expired: other replicas may look again */
     double now = wall_now();
     grefresh *rf = c->rf;
     c->rf = NULL;
@@ -224,6 +334,10 @@ static void on_created(const llm_response *r, void *arg)
             double usd = llm_storage_cost(&gm->price, c->tokens, (double)gm->ttl_s);
             gm->unbilled_storage_usd += usd;
             c->storage_usd += usd;
+            if (!c->dead) {
+                store_put(gm, c);
+                stat_add(gm, c, 2, (int64_t)c->tokens * gm->ttl_s);
+            }
             gm->host->log(gm->inst, KOKO_LOG_INFO,
                           "gemini: context cache %s created (%llu tokens, ttl %ld s, storage %.6f USD)", c->name,
                           (unsigned long long)c->tokens, gm->ttl_s, usd);
@@ -298,11 +412,14 @@ static void on_patched(const llm_response *r, void *arg)
         gm->unbilled_storage_usd += usd;
         c->storage_usd += usd;
         c->expires = exp;
+        store_put(gm, c);
+        stat_add(gm, c, 2, (int64_t)c->tokens * llround(exp - c->expires));
         gm->host->log(gm->inst, KOKO_LOG_INFO, "gemini: context cache %s extended by %ld s (storage %.6f USD)",
                       c->name ? c->name : "?", gm->ttl_s, usd);
     } else if (r->status == 404) {
         free(c->name);
         c->name = NULL; /* gone: the next request creates it again */
+        store_forget(gm, c->hash, "cache");
     } else {
         gm->host->log(gm->inst, KOKO_LOG_WARN, "gemini: extending context cache %s failed: %s",
                       c->name ? c->name : "?", r->error);
@@ -322,6 +439,122 @@ static void extend(gemini *gm, gcache *c)
     json_decref(body);
 }
 
+/* ---- looking in the store before creating ---- */
+
+static void lookup_end(gcache *c, int create_now, int with_cache)
+{
+    gemini *gm = c->gm;
+    c->looking = 0;
+    if (c->dead) { /* dropped meanwhile (a reload): nobody uses it */
+        release_waiters(c, 0);
+        record_free(c);
+        return;
+    }
+    if (create_now) {
+        create(gm, c); /* the waiters stay queued for it */
+        return;
+    }
+    release_waiters(c, with_cache);
+}
+
+static void on_locked(const koko_kv_result *r, void *arg)
+{
+    gcache *c = arg;
+    gemini *gm = c->gm;
+    if (r->status == KOKO_KV_E_CANCELLED) {
+        lookup_end(c, 0, 0);
+    } else if (r->status != KOKO_KV_OK) {
+        gm->host->log(gm->inst, KOKO_LOG_WARN,
+                      "gemini: the store failed (%s); creating the context cache without the replicas' lock",
+                      r->error ? r->error : "?");
+        lookup_end(c, 1, 0);
+    } else if (r->integer == 1) {
+        lookup_end(c, 1, 0);
+    } else { /* another replica is creating it: this query goes uncached */
+        gm->host->log(gm->inst, KOKO_LOG_INFO,
+                      "gemini: another replica is creating the context cache for %s; sending uncached for %d s",
+                      c->hash, GEMINI_LOCK_WAIT_S);
+        c->retry_after = wall_now() + GEMINI_LOCK_WAIT_S;
+        lookup_end(c, 0, 0);
+    }
+}
+
+/* Adopt the handle in the store's JSON V when it is live; 1 when adopted. */
+static int adopt(gcache *c, const char *v, size_t len)
+{
+    gemini *gm = c->gm;
+    json_t *j = json_loadb(v, len, 0, NULL);
+    const char *name = json_string_value(json_object_get(j, "name"));
+    const char *model = json_string_value(json_object_get(j, "model"));
+    double exp = llm_parse_rfc3339(json_string_value(json_object_get(j, "expires")));
+    double created = llm_parse_rfc3339(json_string_value(json_object_get(j, "created")));
+    json_int_t tok = json_integer_value(json_object_get(j, "tokens"));
+    double now = wall_now(), margin = fmin(5.0, 0.05 * (double)gm->ttl_s);
+    int ok = name && model && strcmp(model, gm->model) == 0 && exp > now + margin;
+    if (ok) {
+        free(c->name);
+        c->name = llm_strdup(name);
+        c->expires = exp;
+        c->created = created > 0 ? created : now;
+        c->tokens = tok > 0 ? (uint64_t)tok : c->est_tokens;
+        gm->host->log(gm->inst, KOKO_LOG_INFO, "gemini: reusing context cache %s from the store (expires in %.0f s)",
+                      c->name, exp - now);
+        for (int i = 0; i < 3; i++) /* learn the shared totals */
+            stat_add(gm, c, i, 0);
+    }
+    json_decref(j);
+    return ok;
+}
+
+static void on_looked_up(const koko_kv_result *r, void *arg)
+{
+    gcache *c = arg;
+    gemini *gm = c->gm;
+    if (r->status == KOKO_KV_E_CANCELLED) {
+        lookup_end(c, 0, 0);
+        return;
+    }
+    if (r->status != KOKO_KV_OK) {
+        gm->host->log(gm->inst, KOKO_LOG_WARN,
+                      "gemini: reading the context cache handle from the store failed (%s); creating one here",
+                      r->error ? r->error : "?");
+        lookup_end(c, 1, 0);
+        return;
+    }
+    if (!c->dead && r->found && adopt(c, r->value, r->value_len)) {
+        lookup_end(c, 0, 1);
+        return;
+    }
+    if (c->dead) {
+        lookup_end(c, 0, 0);
+        return;
+    }
+    char *key = store_key(gm, "cache-lock", c->hash, NULL);
+    char owner[64];
+    snprintf(owner, sizeof owner, "pid %ld", (long)getpid());
+    if (gm->host->kv_set_nx(gm->inst, key, owner, strlen(owner), (int64_t)GEMINI_LOCK_TTL_S * 1000, on_locked, c) != 0)
+        lookup_end(c, 1, 0);
+    free(key);
+}
+
+/* C has no live handle: look in the store (another replica, an earlier
+ * run), else lock and create. The caller queues its request as a waiter. */
+static void lookup(gemini *gm, gcache *c)
+{
+    if (!has_kv(gm)) {
+        create(gm, c);
+        return;
+    }
+    c->looking = 1;
+    char *key = store_key(gm, "cache", c->hash, NULL);
+    int rc = gm->host->kv_get(gm->inst, key, on_looked_up, c);
+    free(key);
+    if (rc != 0) {
+        c->looking = 0;
+        create(gm, c);
+    }
+}
+
 /* ---- attach ---- */
 
 static gcache *record_new(gemini *gm, const koko_llm_request *req)
@@ -330,6 +563,7 @@ static gcache *record_new(gemini *gm, const koko_llm_request *req)
     if (!c)
         abort();
     c->gm = gm;
+    c->total_hits = c->total_tokens_saved = c->total_storage_tok_s = -1;
     c->hash = llm_strdup(req->context_hash);
     c->kb_fp = llm_fnv1a64(req->knowledge, req->knowledge_bytes);
     char *sys = llm_system_text(req, 0);
@@ -392,7 +626,7 @@ int cache_attach(gemini *gm, gen *g)
     c->last_used = now;
     if (c->uncacheable || now < c->retry_after)
         return 0;
-    if (!c->creating) {
+    if (!c->creating && !c->looking) {
         double margin = fmin(5.0, 0.05 * (double)gm->ttl_s);
         if (c->name && now < c->expires - margin) {
             use(g, c);
@@ -406,7 +640,14 @@ int cache_attach(gemini *gm, gen *g)
             free(c->name);
             c->name = NULL;
         }
-        create(gm, c);
+        lookup(gm, c);
+        if (!c->looking && !c->creating) { /* decided at once (no store): send as it stands */
+            use(g, c);
+            if (!c->name)
+                return 0;
+            gen_send(g);
+            return 1;
+        }
     }
     g->wnext = NULL;
     if (c->waiters_tail)
@@ -423,6 +664,7 @@ void cache_gone(gemini *gm, const char *hash, const char *name)
     if (c && c->name && strcmp(c->name, name) == 0) {
         free(c->name);
         c->name = NULL;
+        store_forget(gm, hash, "cache"); /* gone for every replica: the next use creates it again */
     }
 }
 
@@ -433,7 +675,10 @@ void cache_account(gemini *gm, const char *hash, uint64_t cached)
         return;
     c->hits++;
     c->tokens_saved += cached;
-    c->usd_saved += (double)cached * (gm->price.input - gm->price.cached_input) / 1e6;
+    double usd = (double)cached * (gm->price.input - gm->price.cached_input) / 1e6;
+    c->usd_saved += usd;
+    stat_add(gm, c, 0, 1);
+    stat_add(gm, c, 1, (int64_t)cached);
 }
 
 json_t *cache_info(void *state)
@@ -446,11 +691,20 @@ json_t *cache_info(void *state)
         char created[40], expires[40];
         rfc3339(c->created, created, sizeof created);
         rfc3339(c->expires, expires, sizeof expires);
+        /* totals of every replica and run when the store told them, else this process's */
+        int shared = c->total_hits >= 0 && c->total_tokens_saved >= 0 && c->total_storage_tok_s >= 0;
+        json_int_t hits = shared ? (json_int_t)c->total_hits : (json_int_t)c->hits;
+        json_int_t saved_tok = shared ? (json_int_t)c->total_tokens_saved : (json_int_t)c->tokens_saved;
+        /* USD from the shared token counts and this config's prices: no rounding adds up */
+        double saved = shared ? (double)c->total_tokens_saved * (gm->price.input - gm->price.cached_input) / 1e6
+                              : c->usd_saved;
+        double storage = shared ? llm_storage_cost(&gm->price, (uint64_t)c->total_storage_tok_s, 1.0)
+                                : c->storage_usd;
         json_array_append_new(
-            a, json_pack("{s:s,s:s,s:I,s:s,s:s,s:I,s:I,s:f,s:s,s:f}", "name", c->name, "model", gm->model, "tokens",
-                         (json_int_t)c->tokens, "created", created, "expires", expires, "hits", (json_int_t)c->hits,
-                         "tokens_saved", (json_int_t)c->tokens_saved, "usd_saved", c->usd_saved - c->storage_usd,
-                         "context_hash", c->hash, "storage_usd", c->storage_usd));
+            a, json_pack("{s:s,s:s,s:I,s:s,s:s,s:I,s:I,s:f,s:s,s:f,s:b,s:I}", "name", c->name, "model", gm->model,
+                         "tokens", (json_int_t)c->tokens, "created", created, "expires", expires, "hits", hits,
+                         "tokens_saved", saved_tok, "usd_saved", saved - storage, "context_hash", c->hash,
+                         "storage_usd", storage, "totals_shared", shared, "hits_here", (json_int_t)c->hits));
     }
     return a;
 }
@@ -514,7 +768,7 @@ void cache_refresh(void *state, koko_deliver_fn done, void *arg)
         rf->error = llm_strdup("cancelled: the backend is stopping");
     } else {
         for (gcache *c = gm->caches; c; c = c->next) {
-            if (c->creating || c->uncacheable || !c->body || c->dead)
+            if (c->creating || c->looking || c->uncacheable || !c->body || c->dead)
                 continue;
             free(c->refresh_old);
             c->refresh_old = c->name; /* requests wait for the new one; the old one is deleted then */

@@ -22,6 +22,9 @@
 #define GEMINI_MAX_CACHES 8   /* per instance; the least recently used beyond it is deleted */
 #define GEMINI_RETIRED_HASHES 16
 #define GEMINI_CREATE_RETRY_S 30 /* after a failed creation, requests go uncached this long */
+#define GEMINI_LOCK_TTL_S 30     /* the "creating" lock a replica takes in the store before a create */
+#define GEMINI_LOCK_WAIT_S 2     /* another replica holds it: uncached this long, then look again */
+#define GEMINI_STATS_TTL_S (30 * 86400) /* the shared hit counters of a context outlive it this long */
 
 typedef struct gemini gemini;
 typedef struct gen gen;

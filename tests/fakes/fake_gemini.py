@@ -32,7 +32,7 @@ tokens, cachedContentTokenCount = the cache's tokens, candidatesTokenCount =
 answer characters / 4.
 
 Test control (no key): GET /_requests (every API request: method, path,
-query, key, body), POST /_reset, POST /_script, POST /_faults {"path_regex",
+query, key, body, time = arrival in unix seconds), POST /_reset, POST /_script, POST /_faults {"path_regex",
 "method", "count", "status", "retry_delay", "delay_ms", "malformed"}: the
 next COUNT matching requests wait DELAY_MS, then answer STATUS (429 with a
 RetryInfo retryDelay, 503 UNAVAILABLE, ...) or, with malformed, a 200 that is
