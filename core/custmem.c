@@ -263,6 +263,15 @@ typedef struct cm_call {
     char *ud;
 } cm_call;
 
+/* A stage's opening: when an earlier one failed, answer the error and stop. */
+static int failed(cm_op *op)
+{
+    if (!op->error)
+        return 0;
+    op_finish(op, NULL);
+    return 1;
+}
+
 static void stage_done(cm_op *op)
 {
     cm_stage_fn next = op->next;
@@ -335,10 +344,8 @@ static void start_now(evutil_socket_t fd, short what, void *arg)
     op->next = NULL;
     if (cm_closing)
         op_error(op, 503, "kokod is stopping");
-    if (op->error) {
-        op_finish(op, NULL);
+    if (failed(op))
         return;
-    }
     if (!op->st) {
         op_error(op, 503, "kokod runs without a state store");
         op_finish(op, NULL);
@@ -370,30 +377,34 @@ static void op_start(cm_op *op, cm_stage_fn first)
 
 /* ---- resolving a contact to its person: canonical key, facts, aliases ---- */
 
-/* A facts hash into OP: fact fields into facts, "@link" into link,
- * "@alias:K" into aliases. UD "canon": the canonical's hash. */
-static void take_facts(cm_op *op, const store_result *r, const char *ud)
+/* A contact's facts hash: fact fields into FACTS (id -> fact), "@link" into
+ * *LINK (new string), "@alias:K" keys into ALIASES. */
+static void parse_facts_hash(const store_result *r, json_t *facts, char **link, json_t *aliases)
 {
-    int canon = ud && strcmp(ud, "canon") == 0;
     for (size_t i = 0; i < r->n_items; i++) {
         const store_item *it = &r->items[i];
         if (strcmp(it->name, "@link") == 0) {
-            if (!canon) {
-                free(op->link);
-                op->link = util_asprintf("%.*s", (int)it->value_len, it->value);
+            if (link) {
+                free(*link);
+                *link = util_asprintf("%.*s", (int)it->value_len, it->value);
             }
-            continue;
+        } else if (strncmp(it->name, "@alias:", 7) == 0) {
+            json_array_append_new(aliases, json_string(it->name + 7));
+        } else {
+            json_t *f = json_loadb(it->value, it->value_len, 0, NULL);
+            if (json_is_object(f))
+                json_object_set_new(facts, it->name, f);
+            else
+                json_decref(f);
         }
-        if (strncmp(it->name, "@alias:", 7) == 0) {
-            json_array_append_new(op->aliases, json_string(it->name + 7));
-            continue;
-        }
-        json_t *f = json_loadb(it->value, it->value_len, 0, NULL);
-        if (json_is_object(f))
-            json_object_set_new(op->facts, it->name, f);
-        else
-            json_decref(f);
     }
+}
+
+/* The asked contact's (UD NULL) or the canonical's (UD "canon") facts hash into OP. */
+static void take_facts(cm_op *op, const store_result *r, const char *ud)
+{
+    int canon = ud && strcmp(ud, "canon") == 0;
+    parse_facts_hash(r, op->facts, canon ? NULL : &op->link, op->aliases);
 }
 
 static void resolve_done(cm_op *op)
@@ -593,10 +604,8 @@ static void put_done(cm_op *op) { op_finish(op, op->error ? NULL : person_doc(op
 /* The linked keys' own facts are loaded into op->linked; move them over. */
 static void put_links_loaded(cm_op *op)
 {
-    if (op->error) {
-        op_finish(op, NULL);
+    if (failed(op))
         return;
-    }
     op->next = put_done;
     const json_t *links = json_object_get(op->body, "link");
     char *canon_facts = contact_key(op->tenant, op->canon, "facts");
@@ -652,29 +661,18 @@ static void put_links_loaded(cm_op *op)
 static void take_link_facts(cm_op *op, const store_result *r, const char *ud)
 {
     json_t *p = json_pack("{s:{},s:[]}", "facts", "@aliases");
-    for (size_t i = 0; i < r->n_items; i++) {
-        const store_item *it = &r->items[i];
-        if (strcmp(it->name, "@link") == 0)
-            json_object_set_new(p, "@link", json_stringn(it->value, it->value_len));
-        else if (strncmp(it->name, "@alias:", 7) == 0)
-            json_array_append_new(json_object_get(p, "@aliases"), json_string(it->name + 7));
-        else {
-            json_t *f = json_loadb(it->value, it->value_len, 0, NULL);
-            if (json_is_object(f))
-                json_object_set_new(json_object_get(p, "facts"), it->name, f);
-            else
-                json_decref(f);
-        }
-    }
+    char *link = NULL;
+    parse_facts_hash(r, json_object_get(p, "facts"), &link, json_object_get(p, "@aliases"));
+    if (link)
+        json_object_set_new(p, "@link", json_string(link));
+    free(link);
     json_object_set_new(op->linked, ud, p);
 }
 
 static void put_resolved(cm_op *op)
 {
-    if (op->error) {
-        op_finish(op, NULL);
+    if (failed(op))
         return;
-    }
     op->next = put_links_loaded;
     const json_t *del = json_object_get(op->body, "delete");
     char *k = contact_key(op->tenant, op->canon, "facts");
@@ -1001,10 +999,8 @@ static void take_count(cm_op *op, const store_result *r, const char *ud)
 
 static void forget_deleted(cm_op *op)
 {
-    if (op->error) {
-        op_finish(op, NULL);
+    if (failed(op))
         return;
-    }
     json_t *d = op->deleted;
     json_int_t total = 0;
     const char *k;
@@ -1029,10 +1025,8 @@ static void forget_deleted(cm_op *op)
 
 static void forget_walked(cm_op *op)
 {
-    if (op->error) {
-        op_finish(op, NULL);
+    if (failed(op))
         return;
-    }
     op->deleted = json_pack("{s:I,s:I,s:I,s:i,s:i,s:i,s:i,s:i}", "facts", (json_int_t)json_object_size(op->facts),
                             "linked_contacts", (json_int_t)json_array_size(op->aliases), "conversations",
                             (json_int_t)json_object_size(op->convs), "history_turns", 0, "extraction_jobs", 0,
@@ -1119,10 +1113,8 @@ static void take_fact_count(cm_op *op, const store_result *r, const char *ud)
 
 static void summary_done(cm_op *op)
 {
-    if (op->error) {
-        op_finish(op, NULL);
+    if (failed(op))
         return;
-    }
     tenant *t = op->g ? gen_tenant(op->g, op->tenant) : NULL;
     json_t *doc = json_pack("{s:s,s:O,s:O,s:O}", "tenant", op->tenant, "identity",
                             t && t->persona ? t->persona : json_object(), "decisions",
@@ -1143,10 +1135,8 @@ static void take_fact_keys(cm_op *op, const store_result *r, const char *ud)
 
 static void summary_keys(cm_op *op)
 {
-    if (op->error) {
-        op_finish(op, NULL);
+    if (failed(op))
         return;
-    }
     op->next = summary_done;
     size_t i;
     json_t *v;
@@ -1374,10 +1364,8 @@ static char *transcript_of(const json_t *facts, const json_t *turns)
 
 static void extract_stored(cm_op *op)
 {
-    if (op->error) {
-        op_finish(op, NULL);
+    if (failed(op))
         return;
-    }
     json_t *doc = json_pack("{s:s,s:O,s:I,s:s}", "tenant", op->tenant, "facts", op->extracted, "stored",
                             (json_int_t)(op->canon ? json_array_size(op->extracted) : 0), "backend",
                             op->backend ? op->backend : "");
@@ -1388,10 +1376,8 @@ static void extract_stored(cm_op *op)
 
 static void extract_resolved(cm_op *op)
 {
-    if (op->error) {
-        op_finish(op, NULL);
+    if (failed(op))
         return;
-    }
     op->next = extract_stored;
     write_merge(op, op->extracted, op->source);
     issued(op);
@@ -1425,10 +1411,8 @@ static void extract_answered(cm_op *op, const char *answer, const char *backend,
 
 static void extract_have_input(cm_op *op)
 {
-    if (op->error) {
-        op_finish(op, NULL);
+    if (failed(op))
         return;
-    }
     const json_t *turns = json_object_get(op->body, "turns");
     if (json_array_size(turns) == 0) {
         op_error(op, 404, "conversation %s of tenant %s has no stored turns to extract from", op->source, op->tenant);
