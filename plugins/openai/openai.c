@@ -258,11 +258,11 @@ static void on_answer(const llm_response *r, void *arg);
 static json_t *strict_schema(const json_t *schema)
 {
     json_t *out = json_deep_copy(schema);
-    json_t *todo[64];
+    json_t *stack[64];
     size_t n = 0;
-    todo[n++] = out;
+    stack[n++] = out;
     while (n) {
-        json_t *o = todo[--n];
+        json_t *o = stack[--n];
         if (!json_is_object(o))
             continue;
         if (json_object_get(o, "properties"))
@@ -274,9 +274,9 @@ static json_t *strict_schema(const json_t *schema)
             if (strcmp(k, "properties") == 0) {
                 const char *pk;
                 json_t *pv;
-                json_object_foreach(v, pk, pv) if (n < 64) todo[n++] = pv;
+                json_object_foreach(v, pk, pv) if (n < 64) stack[n++] = pv;
             } else if (strcmp(k, "items") == 0 && n < 64) {
-                todo[n++] = v;
+                stack[n++] = v;
             }
         }
     }
