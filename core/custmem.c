@@ -500,13 +500,20 @@ static int check_contact(cm_op *op)
     return 1;
 }
 
-void custmem_get(kokod *kd, const char *tname, const char *contact, custmem_fn done, void *arg)
+/* An operation on one contact answering DONE: checked, then FIRST from the loop. */
+static void contact_op(kokod *kd, const char *tname, const char *contact, custmem_fn done, void *arg,
+                       cm_stage_fn first)
 {
     cm_op *op = op_new(kd, tname, contact);
     op->done = done;
     op->arg = arg;
     check_contact(op);
-    op_start(op, get_first);
+    op_start(op, first);
+}
+
+void custmem_get(kokod *kd, const char *tname, const char *contact, custmem_fn done, void *arg)
+{
+    contact_op(kd, tname, contact, done, arg, get_first);
 }
 
 /* ---- prompt facts ---- */
@@ -784,6 +791,15 @@ static int person_has(cm_op *op, const char *key)
     return 0;
 }
 
+/* Every key of OP's person: the canonical and the keys linked to it (new array). */
+static json_t *person_keys(const cm_op *op)
+{
+    json_t *keys = json_array();
+    json_array_append_new(keys, json_string(op->canon));
+    json_array_extend(keys, op->aliases);
+    return keys;
+}
+
 static void take_convs(cm_op *op, const store_result *r, const char *ud)
 {
     (void)ud;
@@ -876,9 +892,7 @@ static void walk_resolved(cm_op *op)
     op->queue = json_array();
     op->dead = json_array();
     op->next = walk_convs_loaded;
-    json_t *everyone = json_array();
-    json_array_append_new(everyone, json_string(op->canon));
-    json_array_extend(everyone, op->aliases);
+    json_t *everyone = person_keys(op);
     size_t i;
     json_t *v;
     json_array_foreach(everyone, i, v)
@@ -982,11 +996,7 @@ static void export_first(cm_op *op) { walk(op, export_walked); }
 
 void custmem_export(kokod *kd, const char *tname, const char *contact, custmem_fn done, void *arg)
 {
-    cm_op *op = op_new(kd, tname, contact);
-    op->done = done;
-    op->arg = arg;
-    check_contact(op);
-    op_start(op, export_first);
+    contact_op(kd, tname, contact, done, arg, export_first);
 }
 
 /* ---- forget ---- */
@@ -1055,9 +1065,7 @@ static void forget_walked(cm_op *op)
         refused(cl, store_hash_del(op->st, jk, f, on_store, cl));
     }
     free(jk);
-    json_t *everyone = json_array();
-    json_array_append_new(everyone, json_string(op->canon));
-    json_array_extend(everyone, op->aliases);
+    json_t *everyone = person_keys(op);
     if (strcmp(op->contact, op->canon) != 0)
         json_array_append_new(everyone, json_string(op->contact));
     size_t i;
@@ -1089,11 +1097,7 @@ static void forget_first(cm_op *op) { walk(op, forget_walked); }
 
 void custmem_forget(kokod *kd, const char *tname, const char *contact, custmem_fn done, void *arg)
 {
-    cm_op *op = op_new(kd, tname, contact);
-    op->done = done;
-    op->arg = arg;
-    check_contact(op);
-    op_start(op, forget_first);
+    contact_op(kd, tname, contact, done, arg, forget_first);
 }
 
 /* ---- summary ---- */
