@@ -24,6 +24,7 @@
 # BENCH_LAT_CONNECTIONS (4), BENCH_STORES ("embedded redis").
 
 set -u
+. "$(dirname "$0")/lib.sh"  # stop_pid, wait_port, median, ratio, json_num
 
 : "${KOKO_SRCDIR:=.}"
 : "${KOKO_BUILDDIR:=.}"
@@ -46,19 +47,6 @@ REST_PID=
 REDIS_PID=
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/koko-accept.XXXXXX") || exit 1
 
-stop_pid() # PID: TERM it, wait up to 5 s, then KILL; only processes this script started
-{
-    [ -n "$1" ] || return 0
-    kill -TERM "$1" 2>/dev/null || return 0
-    i=0
-    while kill -0 "$1" 2>/dev/null && [ $i -lt 50 ]; do
-        sleep 0.1
-        i=$((i + 1))
-    done
-    kill -KILL "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
-}
-
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup()
 {
@@ -76,21 +64,6 @@ die()
     exit 1
 }
 
-wait_port() # FILE: wait (10 s at most) for "listening on http://HOST:PORT" in FILE, print PORT
-{
-    i=0
-    while [ $i -lt 100 ]; do
-        port=$(sed -n 's|.*listening on http://[^ ]*:\([0-9][0-9]*\).*|\1|p' "$1" 2>/dev/null | head -n 1)
-        [ -n "$port" ] && { echo "$port"; return 0; }
-        sleep 0.1
-        i=$((i + 1))
-    done
-    return 1
-}
-
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-json_num() { sed -n "s/.*\"$1\":\([0-9][0-9.]*\).*/\1/p" | head -n 1 | awk '{ printf "%d", $1 }'; }
 kokod_counter() { curl -sf "http://127.0.0.1:$KPORT/stats?days=1" | json_num "$1"; }
 rest_counter() { curl -sf "http://127.0.0.1:$RPORT/_count" | json_num "$1"; }
 

@@ -23,6 +23,7 @@
 # kokod: tiered, the default, full or normal — to compare the durability tiers).
 
 set -u
+. "$(dirname "$0")/lib.sh"  # stop_pid, wait_port, median, ratio, json_num
 
 : "${KOKO_SRCDIR:=.}"
 : "${KOKO_BUILDDIR:=.}"
@@ -52,19 +53,6 @@ REST_PID=
 E2E_PID=
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/koko-cwbench.XXXXXX") || exit 1
 
-stop_pid() # PID: TERM it, wait up to 5 s, then KILL; only processes this script started
-{
-    [ -n "$1" ] || return 0
-    kill -TERM "$1" 2>/dev/null || return 0
-    i=0
-    while kill -0 "$1" 2>/dev/null && [ $i -lt 50 ]; do
-        sleep 0.1
-        i=$((i + 1))
-    done
-    kill -KILL "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
-}
-
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup()
 {
@@ -84,26 +72,6 @@ die()
 }
 
 # wait_port FILE: wait (10 s at most) for "listening on http://HOST:PORT" in FILE, print PORT
-wait_port()
-{
-    i=0
-    while [ $i -lt 100 ]; do
-        port=$(sed -n 's|.*listening on http://[^ ]*:\([0-9][0-9]*\).*|\1|p' "$1" 2>/dev/null | head -n 1)
-        if [ -n "$port" ]; then
-            echo "$port"
-            return 0
-        fi
-        sleep 0.1
-        i=$((i + 1))
-    done
-    return 1
-}
-
-median() # numbers as arguments
-{
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 check_alive() # NAME PID LOG
 {
     kill -0 "$2" 2>/dev/null && return 0
@@ -119,10 +87,8 @@ check_alive() # NAME PID LOG
     die "no figures: a server died"
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 # a JSON number out of a flat-enough document: json_num KEY < DOC
-json_num() { sed -n "s/.*\"$1\":\([0-9][0-9.]*\).*/\1/p" | head -n 1 | awk '{ printf "%d", $1 }'; }
 
 # seconds in a wrk duration (5s, 2m, 1h, 10)
 duration_s()

@@ -16,6 +16,7 @@
 # KOKO_SRCDIR; knobs: LLM_CONVERSATIONS (5000), LLM_DELAY_MS (1000), LLM_FAKE (c|python).
 
 set -u
+. "$(dirname "$0")/lib.sh"  # stop_pid, wait_port, median, ratio, json_num
 
 : "${KOKO_SRCDIR:=.}"
 : "${KOKO_BUILDDIR:=.}"
@@ -34,19 +35,6 @@ unset KOKO_API_TOKEN KOKO_PLUGIN_PATH KOKO_LISTEN KOKO_STATE_DIR KOKO_BASE_DIR
 FAKE_PID=
 KOKOD_PID=
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/koko-llm-load.XXXXXX") || exit 1
-
-stop_pid() # PID: TERM it, wait up to 5 s, then KILL; only processes this script started
-{
-    [ -n "$1" ] || return 0
-    kill -TERM "$1" 2>/dev/null || return 0
-    i=0
-    while kill -0 "$1" 2>/dev/null && [ $i -lt 50 ]; do
-        sleep 0.1
-        i=$((i + 1))
-    done
-    kill -KILL "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
-}
 
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup()

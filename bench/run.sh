@@ -17,6 +17,7 @@
 # BENCH_THREADS (1).
 
 set -u
+. "$(dirname "$0")/lib.sh"  # stop_pid, wait_port, median, ratio, json_num
 
 : "${KOKO_SRCDIR:=.}"
 : "${KOKO_BUILDDIR:=.}"
@@ -38,19 +39,6 @@ KOKOD_PID=
 BARE_PID=
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/koko-bench.XXXXXX") || exit 1
 
-stop_pid() # PID: TERM it, wait up to 5 s, then KILL; only processes this script started
-{
-    [ -n "$1" ] || return 0
-    kill -TERM "$1" 2>/dev/null || return 0
-    i=0
-    while kill -0 "$1" 2>/dev/null && [ $i -lt 50 ]; do
-        sleep 0.1
-        i=$((i + 1))
-    done
-    kill -KILL "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
-}
-
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup()
 {
@@ -68,31 +56,10 @@ die()
 }
 
 # wait_port FILE: wait (10 s at most) for "listening on http://HOST:PORT" in FILE, print PORT
-wait_port()
-{
-    i=0
-    while [ $i -lt 100 ]; do
-        # the log may not exist yet: the background shell creates it after the fork
-        port=$(sed -n 's|.*listening on http://[^ ]*:\([0-9][0-9]*\).*|\1|p' "$1" 2>/dev/null | head -n 1)
-        if [ -n "$port" ]; then
-            echo "$port"
-            return 0
-        fi
-        sleep 0.1
-        i=$((i + 1))
-    done
-    return 1
-}
-
 # status PID FIELD: a /proc/PID/status figure in KiB (VmRSS, VmHWM, RssAnon, RssFile)
 status()
 {
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null
-}
-
-median() # numbers as arguments
-{
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # check_alive NAME PID LOG: a server that died under load ends the run with its status and log
@@ -107,7 +74,6 @@ check_alive()
     die "no figures: a server died"
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 verdict_ge() { awk -v a="$1" -v t="$2" 'BEGIN { print (a != "n/a" && a >= t) ? "PASS" : "MISS" }'; }
 
 # bench_wrk NAME URL [LUA]: one wrk run; prints requests/s, keeps wrk's output in $TMP/NAME.wrk
