@@ -35,7 +35,7 @@ enum { KT_NONE = 0, KT_STR = 1, KT_LIST = 2, KT_HASH = 3 };
 
 static const char *const kind_name[] = {"nothing", "a string", "a list", "a hash"};
 
-#define STMT_CACHE 48
+#define STMT_CACHE 64
 
 /* One connection and its statement cache; the operations below run on one. */
 typedef struct sqc {
@@ -762,18 +762,40 @@ static int exec_sql(sqc *c, const char *sql)
     return sqlite3_exec(c->db, sql, NULL, NULL, NULL);
 }
 
+/* Run the one statement SQL (a string literal) from the statement cache: the
+ * transaction and savepoint statements run several times per batch, and
+ * sqlite3_exec would parse them each time. */
+static int exec_cached(sqc *c, const char *sql)
+{
+    sqlite3_stmt *st = q(c, sql);
+    if (!st)
+        return sqlite3_errcode(c->db) == SQLITE_OK ? SQLITE_ERROR : sqlite3_errcode(c->db);
+    int rc = sqlite3_step(st);
+    q_done(c, st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
+/* Does OP only read? A read that fails changes nothing, so it needs no savepoint. */
+static int op_reads_only(store_op op)
+{
+    return op == SOP_GET || op == SOP_LRANGE || op == SOP_HGET || op == SOP_HGETALL || op == SOP_SCAN ||
+           op == SOP_QPENDING || op == SOP_QLIST;
+}
+
 static const char *const sync_names[] = {"tiered", "full", "normal"};
 
 /* Does BATCH accept something (state.synchronous: tiered)? A queued message,
- * a dedup key (set_nx), a dead letter put back, or a prefix or dead letter
- * forgotten (GDPR) must survive a power loss once reported; the rest is
- * bookkeeping that a retry redoes (leases, acks, reply markers, history,
- * state, counters). */
+ * a dead letter put back, or a prefix or dead letter forgotten (GDPR) must
+ * survive a power loss once reported; the rest is bookkeeping that a retry
+ * redoes (dedup keys, leases, acks, reply markers, history, state,
+ * counters). A dedup key is bookkeeping because the queue consumer writes it
+ * again when it finds it missing (pipeline.c, check_owner): a lost one costs
+ * at most a second queue entry for a redelivered message, which the owner
+ * check then acks unanswered. */
 static int batch_accepts(const store_req *batch)
 {
     for (const store_req *r = batch; r; r = r->next)
-        if (r->op == SOP_QADD || r->op == SOP_SETNX || r->op == SOP_QRETRY || r->op == SOP_DELPFX ||
-            r->op == SOP_QDROP)
+        if (r->op == SOP_QADD || r->op == SOP_QRETRY || r->op == SOP_DELPFX || r->op == SOP_QDROP)
             return 1;
     return 0;
 }
@@ -787,10 +809,11 @@ static void sync_level(sq *b, int level)
     sqc *c = &b->wr;
     sqlite3_stmt *st = NULL;
     b->cur_sync = 0;
-    if (exec_sql(c, level == 2 ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL") == SQLITE_OK &&
-        sqlite3_prepare_v2(c->db, "PRAGMA synchronous", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    if (exec_cached(c, level == 2 ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL") == SQLITE_OK &&
+        (st = q(c, "PRAGMA synchronous")) && sqlite3_step(st) == SQLITE_ROW)
         b->cur_sync = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
+    if (st)
+        q_done(c, st);
 }
 
 /* Run BATCH in one transaction; results are handed back after the commit. */
@@ -802,26 +825,29 @@ static void run_batch(sq *b, store_req *batch)
     sync_level(b, b->sync_mode == STORE_SYNC_FULL                                 ? 2
                   : b->sync_mode == STORE_SYNC_TIERED && batch_accepts(batch) ? 2
                                                                                   : 1);
-    if (exec_sql(c, "BEGIN IMMEDIATE") != SQLITE_OK)
+    if (exec_cached(c, "BEGIN IMMEDIATE") != SQLITE_OK)
         snprintf(why, sizeof why, "store (sqlite %s): cannot start a transaction: %s", b->path,
                  sqlite3_errmsg(c->db));
     for (store_req *r = batch; r && !why[0]; r = r->next) {
-        exec_sql(c, "SAVEPOINT op");
+        int sp = !op_reads_only(r->op);
+        if (sp)
+            exec_cached(c, "SAVEPOINT op");
         if (op_run(c, r, now) == 0) {
-            exec_sql(c, "RELEASE op");
+            if (sp)
+                exec_cached(c, "RELEASE op");
         } else if (sqlite3_get_autocommit(c->db)) {
             /* SQLite rolled the whole transaction back (disk full, I/O error):
              * the requests before this one are undone too */
             snprintf(why, sizeof why, "store (sqlite %s): transaction rolled back: %s", b->path,
                      sqlite3_errmsg(c->db));
-        } else {
-            exec_sql(c, "ROLLBACK TO op");
-            exec_sql(c, "RELEASE op");
+        } else if (sp) {
+            exec_cached(c, "ROLLBACK TO op");
+            exec_cached(c, "RELEASE op");
         }
     }
-    if (!why[0] && exec_sql(c, "COMMIT") != SQLITE_OK) {
+    if (!why[0] && exec_cached(c, "COMMIT") != SQLITE_OK) {
         snprintf(why, sizeof why, "store (sqlite %s): commit failed: %s", b->path, sqlite3_errmsg(c->db));
-        exec_sql(c, "ROLLBACK");
+        exec_cached(c, "ROLLBACK");
     }
     if (why[0]) {
         for (store_req *r = batch; r; r = r->next)
