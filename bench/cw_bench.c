@@ -716,6 +716,18 @@ static int run_e2e(const char *secret, const char *token, const char *tenant, co
         printf(" %.1f", pct(late, k, 0.99));
     }
     printf("\n");
+    /* CW_BENCH_SAMPLES=FILE: one line per message (index, sent s after start, webhook answer
+     * ms, reply ms; -1 when there was none), to see where in the run the slow ones fall */
+    const char *samples = getenv("CW_BENCH_SAMPLES");
+    FILE *sf = samples && *samples ? fopen(samples, "w") : NULL;
+    for (long long i = 0; sf && i < d.n; i++) {
+        const wmsg *m = &d.m[i];
+        fprintf(sf, "%lld %.6f %.3f %.3f\n", i, m->sent > 0 ? m->sent - d.t0 : -1.0,
+                m->acked > 0 && m->sent > 0 ? (m->acked - m->sent) * 1e3 : -1.0,
+                r.first_reply[i] > 0 && m->sent > 0 ? (r.first_reply[i] - m->sent) * 1e3 : -1.0);
+    }
+    if (sf)
+        fclose(sf);
     int complete = d.accepted == d.n && nl == d.n && r.dup_replies == 0 && missing == 0;
     printf("p99 %.3f ms   target p99 < %.0f ms, every message answered exactly once   %s\n", p99, target_ms,
            complete && p99 < target_ms ? "PASS" : "MISS");
