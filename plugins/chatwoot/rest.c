@@ -38,6 +38,7 @@ struct cw_call {
     int checking;    /* the transfer in flight is that listing */
     koko_http *http;
     koko_timer *timer;
+    size_t body_len, body_off; /* message posts: the body as read by libcurl (body_read) */
     char last_error[256];
     call_fn done;
     void *arg;
@@ -45,6 +46,11 @@ struct cw_call {
 };
 
 #define MAX_STEPS 8
+
+/* Message posts reuse a keep-alive connection idle for at most this many
+ * seconds: well under the idle timeouts of the servers in front of Chatwoot
+ * (puma 20 s, nginx 75 s), so the server rarely closes one as we send. */
+#define CW_POST_REUSE_S 4
 
 typedef struct step {
     const char *what; /* "reply", "private note", ... for messages */
@@ -178,6 +184,32 @@ static void call_retry(cw_call *k, const koko_http_result *r)
         call_finish(k, KOKO_ERR_TEMPORARY, NULL, "cannot schedule a retry (kokod is stopping?)");
 }
 
+/* A message post's body goes to libcurl through this read callback rather than
+ * CURLOPT_POSTFIELDS, so that libcurl cannot send it twice by itself: when a
+ * reused keep-alive connection dies after the request went out and before any
+ * answer came back, libcurl re-sends the request on a new connection — for
+ * POSTFIELDS silently, for a read callback only after body_seek() rewinds it,
+ * which it refuses once the body was read. The transfer then fails
+ * (CURLE_SEND_FAIL_REWIND) and on_http() treats it like a timeout: the next
+ * attempt lists the conversation first, so the post is made at most once
+ * while the connection is still reused at high rates. */
+static size_t body_read(char *buf, size_t size, size_t nitems, void *arg)
+{
+    cw_call *k = arg;
+    size_t n = size * nitems, left = k->body_len - k->body_off;
+    if (n > left)
+        n = left;
+    memcpy(buf, k->body + k->body_off, n);
+    k->body_off += n;
+    return n;
+}
+
+static int body_seek(void *arg, curl_off_t offset, int origin)
+{
+    const cw_call *k = arg;
+    return origin == SEEK_SET && offset == 0 && k->body_off == 0 ? CURL_SEEKFUNC_OK : CURL_SEEKFUNC_FAIL;
+}
+
 /* Start one transfer of K (the listing when K->checking). */
 static void call_send(cw_call *k)
 {
@@ -203,14 +235,21 @@ static void call_send(cw_call *k)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)c->cfg.timeout_ms);
         if (strcmp(method, "POST") == 0) {
             const char *b = k->body ? k->body : "{}";
-            /* libcurl silently re-sends a request whose reused connection died
-             * before any answer: for a message that could post it twice. */
-            if (k->source_id) {
-                curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
-                curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L); /* and do not park it in the cache */
+            if (k->source_id && k->body) {
+                k->body_len = strlen(k->body);
+                k->body_off = 0;
+                curl_easy_setopt(e, CURLOPT_POST, 1L);
+                curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)k->body_len);
+                curl_easy_setopt(e, CURLOPT_READFUNCTION, body_read);
+                curl_easy_setopt(e, CURLOPT_READDATA, k);
+                curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, body_seek);
+                curl_easy_setopt(e, CURLOPT_SEEKDATA, k);
+                /* a connection idle for longer may be one the server is closing */
+                curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, (long)CW_POST_REUSE_S);
+            } else {
+                curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(b));
+                curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, b);
             }
-            curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(b));
-            curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, b);
         } else {
             curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
         }

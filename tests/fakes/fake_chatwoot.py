@@ -156,7 +156,8 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         body = self._body() if method == "POST" else {}
         token_ok = self.headers.get("api_access_token") == st.token
-        call = {"method": method, "path": path, "body": body, "token_ok": token_ok, "t": time.time()}
+        call = {"method": method, "path": path, "body": body, "token_ok": token_ok, "t": time.time(),
+                "peer": self.client_address[1]}  # the client's port: one per connection
         with st.lock:
             st.calls.append(call)
             fault = st.take_fault(method, path)

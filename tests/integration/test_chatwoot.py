@@ -171,6 +171,11 @@ class Chatwoot(KokoTestCase):
         self.barrier()
         stored = [m for m in self.fake.conversation(3)["messages"] if not m["private"]]
         self.assertEqual(len(stored), 1, self.actions(3))
+        # the dropped post went out on a kept-alive connection (the one the call
+        # before it used): the case where libcurl would re-send a request by itself
+        calls = self.fake.calls()
+        i = next(i for i, c in enumerate(calls) if c.get("status") == "dropped")
+        self.assertEqual(calls[i]["peer"], calls[i - 1]["peer"], calls[i - 1:i + 1])
 
     # ---- refusals ----
 
