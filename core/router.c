@@ -182,16 +182,14 @@ router *router_build(const char *base_dir, tenant *t, const json_t *routes, diag
         }
         if ((s = json_string_value(json_object_get(r, "persona")))) {
             ro->persona_path = xstrdup(s);
-            json_error_t je;
             char *full = util_path_join(base_dir, s);
-            ro->persona = json_load_file(full, JSON_REJECT_DUPLICATES, &je);
-            if (!ro->persona || !json_is_object(ro->persona)) {
-                diag_add(d, full, je.line > 0 ? je.line : 0, je.column > 0 ? je.column : 0, NULL,
-                         "route \"%s\": cannot use this persona file: %s", ro->name,
-                         ro->persona ? "it is not a JSON object" : je.text);
-                json_decref(ro->persona);
-                ro->persona = NULL;
-            }
+            /* checked like the tenant's identity.json (keys, types, a holding and a
+             * handoff text per language), with FILE:LINE:COL positions */
+            size_t before = diag_count(d);
+            ro->persona =
+                memory_load_persona(full, (const char *const *)t->languages, t->n_languages, d, NULL);
+            if (!ro->persona && diag_count(d) == before)
+                diag_add(d, full, 0, 0, NULL, "route \"%s\": cannot use this persona file", ro->name);
             free(full);
         }
         ro->handoff = json_is_true(json_object_get(r, "handoff"));

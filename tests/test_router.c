@@ -316,7 +316,9 @@ START_TEST(test_persona)
     snprintf(base, sizeof base, "%s/tests/data/core", src && *src ? src : ".");
     json_t *routes = json_loads("[{\"name\": \"vip\", \"match\": {\"inbox\": \"1\"}, \"persona\": \"memory/good/identity.json\"},"
                                 " {\"name\": \"broken\", \"match\": {\"inbox\": \"2\"},"
-                                "  \"persona\": \"memory/badjson/identity.json\"}]",
+                                "  \"persona\": \"memory/badjson/identity.json\"},"
+                                " {\"name\": \"typo\", \"match\": {\"inbox\": \"3\"},"
+                                "  \"persona\": \"memory/badkey/identity.json\"}]",
                                 0, NULL);
     ck_assert_ptr_nonnull(routes);
     tenant t = make_tenant();
@@ -325,13 +327,18 @@ START_TEST(test_persona)
     ck_assert_ptr_nonnull(r);
     ck_assert_str_eq(json_string_value(json_object_get(r->routes[0].persona, "name")), "Kokó");
     ck_assert_ptr_null(r->routes[1].persona);
-    ck_assert_uint_eq(diag_count(d), 1);
+    ck_assert_ptr_null(r->routes[2].persona);
+    /* checked like identity.json: bad JSON with its position, then a misspelt key */
+    ck_assert_uint_ge(diag_count(d), 2);
     char want[4096];
-    snprintf(want, sizeof want,
-             "%s/memory/badjson/identity.json:4:12: route \"broken\": cannot use this persona file: '}' expected "
-             "near '\"greeting\"'",
+    snprintf(want, sizeof want, "%s/memory/badjson/identity.json:4:12: invalid JSON: '}' expected near '\"greeting\"'",
              base);
     ck_assert_str_eq(diag_get(d, 0), want);
+    snprintf(want, sizeof want, "%s/memory/badkey/identity.json:3:", base);
+    int typo = 0;
+    for (size_t i = 1; i < diag_count(d); i++)
+        typo |= strncmp(diag_get(d, i), want, strlen(want)) == 0 && strstr(diag_get(d, i), "handof") != NULL;
+    ck_assert_msg(typo, "no error at %s naming \"handof\": %s", want, diag_get(d, 1));
     json_t *desc = router_describe(r);
     ck_assert_str_eq(json_string_value(json_object_get(json_object_get(json_array_get(desc, 0), "overrides"),
                                                        "persona")),
