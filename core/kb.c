@@ -64,7 +64,14 @@ struct kb {
     /* search scratch, sized at build (see kb_search's threading rule) */
     float *acc;
     uint32_t *stem_mask, *pref_mask, *touched;
+
+    /* kb_excerpt's cache (the same threading rule): the query it parsed last and,
+     * per chunk, its sentences with their term ids, made when first excerpted */
+    struct xcache *xc;
 };
+
+static struct xcache *xcache_new(size_t nchunks);
+static void xcache_free(struct xcache *xc, size_t nchunks);
 
 /* ---- vocabulary ---------------------------------------------------------------------- */
 
@@ -861,6 +868,7 @@ kb *kb_build(const char *base_dir, const char *const *dirs, size_t ndirs, const 
     k->stem_mask = xcalloc(k->nchunks ? k->nchunks : 1, sizeof *k->stem_mask);
     k->pref_mask = xcalloc(k->nchunks ? k->nchunks : 1, sizeof *k->pref_mask);
     k->touched = xcalloc(k->nchunks ? k->nchunks : 1, sizeof *k->touched);
+    k->xc = xcache_new(k->nchunks);
     free(b.posts);
     free(b.local);
     return k;
@@ -1165,13 +1173,144 @@ static size_t split_sentences(const char *t, size_t n, span *sp, size_t max)
     return cnt;
 }
 
+/* The score of a sentence holding the query words in STEM (by a stem) and PREF (by a prefix only). */
+static double mask_score(const query *q, uint32_t stem, uint32_t pref)
+{
+    double score = 0;
+    for (size_t i = 0; i < q->nwords; i++) {
+        if (stem & (1u << i))
+            score += q->words[i].weight;
+        else if (pref & (1u << i))
+            score += q->words[i].weight * KB_PREFIX_COVERAGE;
+    }
+    return score;
+}
+
+/* One chunk's sentences and the KB terms in each: sentence I holds
+ * ids[first[I] .. first[I + 1]), a stem's id, or a prefix's with XPREFIX set. */
+#define XPREFIX 0x80000000u
+typedef struct xsent {
+    span *sp;
+    uint32_t *first, *ids;
+    size_t n;
+} xsent;
+
+struct xcache {
+    query q;
+    char *qtext; /* what q was parsed from; NULL before the first excerpt */
+    xsent *chunks;
+};
+
+static struct xcache *xcache_new(size_t nchunks)
+{
+    struct xcache *xc = xcalloc(1, sizeof *xc);
+    xc->chunks = xcalloc(nchunks ? nchunks : 1, sizeof *xc->chunks);
+    return xc;
+}
+
+static void xcache_free(struct xcache *xc, size_t nchunks)
+{
+    if (!xc)
+        return;
+    for (size_t i = 0; i < nchunks; i++) {
+        free(xc->chunks[i].sp);
+        free(xc->chunks[i].first);
+        free(xc->chunks[i].ids);
+    }
+    free(xc->chunks);
+    free(xc->qtext);
+    free(xc);
+}
+
+/* The parsed QTEXT: a request excerpts several chunks for the same question. */
+static const query *excerpt_query(const kb *k, const char *qtext)
+{
+    struct xcache *xc = k->xc;
+    if (!xc->qtext || strcmp(xc->qtext, qtext) != 0) {
+        query_parse(k, qtext, &xc->q);
+        free(xc->qtext);
+        xc->qtext = xstrdup(qtext);
+    }
+    return &xc->q;
+}
+
+static void ids_push(uint32_t **ids, size_t *n, size_t *cap, uint32_t id)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 64;
+        *ids = xrealloc(*ids, *cap * sizeof **ids);
+    }
+    (*ids)[(*n)++] = id;
+}
+
+/* Chunk CI's sentences with their term ids, split and stemmed the first time
+ * (as sentence_score reads them) and kept for the life of the KB. */
+static const xsent *chunk_sentences(const kb *k, size_t ci)
+{
+    xsent *x = &k->xc->chunks[ci];
+    if (x->sp)
+        return x;
+    const kb_chunk *c = &k->chunks[ci];
+    int lang = k->clang[ci];
+    span tmp[EXCERPT_MAX_SENTENCES];
+    size_t n = split_sentences(c->text, c->text_len, tmp, EXCERPT_MAX_SENTENCES), nids = 0, cap = 0;
+    uint32_t *first = xmalloc((n + 1) * sizeof *first), *ids = NULL;
+    char tbuf[256], pre[TEXT_WORD_MAX + 2];
+    const char *terms[TEXT_MAX_TERMS];
+    for (size_t i = 0; i < n; i++) {
+        size_t wn, pl;
+        word_it it;
+        int joined;
+        const char *word = it.word;
+        first[i] = (uint32_t)nids;
+        word_it_init(&it, c->text + tmp[i].s, tmp[i].e - tmp[i].s);
+        while ((wn = word_it_next(&it, &joined)) > 0) {
+            size_t nt = text_terms(k->an, lang, word, wn, tbuf, sizeof tbuf, terms, TEXT_MAX_TERMS);
+            for (size_t j = 0; j < nt; j++) {
+                uint32_t id = term_find(k, terms[j], strlen(terms[j]));
+                if (id != NO_TERM)
+                    ids_push(&ids, &nids, &cap, id);
+            }
+            if (nt && (pl = prefix_term(word, wn, pre, sizeof pre)) > 0) {
+                uint32_t id = term_find(k, pre, pl);
+                if (id != NO_TERM)
+                    ids_push(&ids, &nids, &cap, id | XPREFIX);
+            }
+        }
+    }
+    first[n] = (uint32_t)nids;
+    x->sp = xmalloc((n ? n : 1) * sizeof *x->sp);
+    memcpy(x->sp, tmp, n * sizeof *tmp);
+    x->first = first;
+    x->ids = ids;
+    x->n = n;
+    return x;
+}
+
+/* sentence_score() of sentence I of X, from its term ids. */
+static double cached_score(const query *q, const xsent *x, size_t i)
+{
+    uint32_t stem = 0, pref = 0;
+    for (uint32_t a = x->first[i]; a < x->first[i + 1]; a++) {
+        uint32_t id = x->ids[a] & ~XPREFIX;
+        int is_pref = (x->ids[a] & XPREFIX) != 0;
+        for (size_t j = 0; j < q->nterms; j++)
+            if (q->terms[j].term == id && q->terms[j].prefix == is_pref) {
+                if (is_pref)
+                    pref |= q->terms[j].mask;
+                else
+                    stem |= q->terms[j].mask;
+            }
+    }
+    return mask_score(q, stem, pref);
+}
+
 static double sentence_score(const kb *k, const query *q, int lang, const char *t, size_t n)
 {
     char tbuf[256], pre[TEXT_WORD_MAX + 2];
     const char *terms[TEXT_MAX_TERMS];
     size_t wn, nt, i, j, pl;
     uint32_t stem = 0, pref = 0;
-    double score = 0;
     word_it it;
     int joined;
     const char *word = it.word;
@@ -1192,13 +1331,7 @@ static double sentence_score(const kb *k, const query *q, int lang, const char *
                     pref |= q->terms[j].mask;
         }
     }
-    for (i = 0; i < q->nwords; i++) {
-        if (stem & (1u << i))
-            score += q->words[i].weight;
-        else if (pref & (1u << i))
-            score += q->words[i].weight * KB_PREFIX_COVERAGE;
-    }
-    return score;
+    return mask_score(q, stem, pref);
 }
 
 /* A span that is a whole line of the text (a table row, a list item). */
@@ -1242,25 +1375,29 @@ static int cmp_span_pos(const void *a, const void *b)
 char *kb_excerpt(const kb *k, const kb_chunk *c, const char *qtext, size_t max_chars)
 {
     span *sp, *pick;
-    query *q;
     size_t n, i, npick = 0, used = 0;
     strbuf out = {0};
-    int matched = 0, lang = -1;
+    int matched = 0;
 
     if (!k || !c)
         return xstrdup("");
     sp = xmalloc(EXCERPT_MAX_SENTENCES * sizeof *sp);
     pick = xmalloc(EXCERPT_MAX_SENTENCES * sizeof *pick);
-    if (c >= k->chunks && c < k->chunks + k->nchunks)
-        lang = k->clang[c - k->chunks];
-    q = xmalloc(sizeof *q);
-    query_parse(k, qtext ? qtext : "", q);
-    n = split_sentences(c->text, c->text_len, sp, EXCERPT_MAX_SENTENCES);
-    for (i = 0; i < n; i++) {
-        sp[i].score = sentence_score(k, q, lang, c->text + sp[i].s, sp[i].e - sp[i].s);
+    const query *q = excerpt_query(k, qtext ? qtext : "");
+    if (c >= k->chunks && c < k->chunks + k->nchunks) {
+        const xsent *x = chunk_sentences(k, (size_t)(c - k->chunks));
+        n = x->n;
+        memcpy(sp, x->sp, n * sizeof *sp);
+        for (i = 0; i < n; i++)
+            sp[i].score = cached_score(q, x, i);
+    } else { /* a chunk of another KB: split and stem it here */
+        n = split_sentences(c->text, c->text_len, sp, EXCERPT_MAX_SENTENCES);
+        for (i = 0; i < n; i++)
+            sp[i].score = sentence_score(k, q, -1, c->text + sp[i].s, sp[i].e - sp[i].s);
+    }
+    for (i = 0; i < n; i++)
         if (sp[i].score > 0)
             matched = 1;
-    }
     if (matched)
         qsort(sp, n, sizeof *sp, cmp_span_score);
     for (i = 0; i < n; i++) {
@@ -1318,7 +1455,6 @@ char *kb_excerpt(const kb *k, const kb_chunk *c, const char *qtext, size_t max_c
     }
     free(sp);
     free(pick);
-    free(q);
     return sb_take(&out);
 }
 
@@ -1375,5 +1511,6 @@ void kb_free(kb *k)
     free(k->stem_mask);
     free(k->pref_mask);
     free(k->touched);
+    xcache_free(k->xc, k->nchunks);
     free(k);
 }

@@ -26,6 +26,7 @@ void sb_free(strbuf *sb);
 char *util_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t m);
+void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 
 /* Read a whole file (at most MAX bytes) into a NUL-terminated buffer. */

@@ -275,6 +275,16 @@ START_TEST(test_excerpt)
     e = kb_excerpt(k, c, "pizza", 60); /* nothing matches: the opening sentences */
     ck_assert_str_eq(e, "Minden javításra 12 hónap garanciát adunk.");
     free(e);
+    /* the chunk's sentences and the last query are cached: the same question again,
+     * after others, gives the same excerpt, and a chunk of another KB (split and
+     * stemmed on the spot) is excerpted too */
+    e = kb_excerpt(k, c, "beszerelés garancia", 50);
+    ck_assert_str_eq(e, "A beszerelésre 24 hónap garancia jár.");
+    free(e);
+    kb_chunk other = *c;
+    e = kb_excerpt(k, &other, "kávé", 50);
+    ck_assert_str_eq(e, "Kávét nem főzünk.");
+    free(e);
     kb_free(k);
     remove_tree(tmpdir);
 }
