@@ -252,6 +252,9 @@ static void tenant_destroy(tenant *t)
     for (size_t i = 0; i < 32; i++)
         free(t->route_chunk_lang[i]);
     router_free(t->router);
+    for (size_t i = 0; i < t->n_ctx; i++)
+        json_decref(t->ctx[i].tools);
+    free(t->ctx);
     free(t->chunk_lang);
     free(t->knowledge);
     kb_free(t->kb);

@@ -50,7 +50,18 @@ typedef struct tenant {
     unsigned memory_budget_tokens; /* customer_memory.budget_tokens: facts in a prompt (0: none) */
     int memory_extract;          /* customer_memory.extract */
     char fingerprint[17];        /* hash of config subtree, KB and memory files: "changed?" */
+    /* the model context of each route, [router->n] for messages no route matched:
+     * made on first use by the pipeline (pipeline.c, job_context) and kept for
+     * the generation; n_ctx is 0 until then */
+    struct tenant_ctx *ctx;
+    size_t n_ctx;
 } tenant;
+
+/* What a route offers the model, the same for every message it takes. */
+typedef struct tenant_ctx {
+    json_t *tools;  /* function declarations (handoff_to_human first), NULL until made */
+    char hash[17];  /* context hash: fingerprint, persona, KB and declarations */
+} tenant_ctx;
 
 typedef struct generation {
     uint64_t id;

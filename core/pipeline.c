@@ -988,6 +988,31 @@ static json_t *tool_declarations(const tenant *t, const route *r)
     return out;
 }
 
+/* The declarations and context hash of messages taking route R (NULL: none)
+ * of T, whose KB and persona are K and PERSONA: made once per route and
+ * generation, since nothing in them depends on the message. */
+static const tenant_ctx *job_context(tenant *t, const route *r, const kb *k, const json_t *persona)
+{
+    size_t nr = t->router ? t->router->n : 0;
+    if (!t->ctx) {
+        t->ctx = xcalloc(nr + 1, sizeof *t->ctx);
+        t->n_ctx = nr + 1;
+    }
+    tenant_ctx *cx = &t->ctx[r && t->router ? (size_t)(r - t->router->routes) : nr];
+    if (!cx->tools) {
+        cx->tools = tool_declarations(t, r);
+        char *decl = json_dumps(cx->tools, JSON_COMPACT | JSON_SORT_KEYS);
+        char *pers = json_dumps(persona, JSON_COMPACT | JSON_SORT_KEYS);
+        char *all = util_asprintf("%s\n%s\n%s\n%s", t->fingerprint, pers ? pers : "", k ? kb_hash(k) : "",
+                                  decl ? decl : "");
+        snprintf(cx->hash, sizeof cx->hash, "%016llx", (unsigned long long)util_fnv1a64(all, strlen(all)));
+        free(decl);
+        free(pers);
+        free(all);
+    }
+    return cx;
+}
+
 static void on_facts_ready(job *j)
 {
     if (j->facts)
@@ -1034,18 +1059,9 @@ static void start_job(job *j)
     j->persona = j->route && j->route->persona ? j->route->persona : t->persona;
     j->chain = j->route && j->route->chain ? j->route->chain : t->chain;
     j->n_chain = j->route && j->route->chain ? j->route->n_chain : t->n_chain;
-    j->tools = tool_declarations(t, j->route);
-    {
-        char *decl = json_dumps(j->tools, JSON_COMPACT | JSON_SORT_KEYS);
-        char *pers = json_dumps(j->persona, JSON_COMPACT | JSON_SORT_KEYS);
-        char *all = util_asprintf("%s\n%s\n%s\n%s", t->fingerprint, pers ? pers : "", j->kb ? kb_hash(j->kb) : "",
-                                  decl ? decl : "");
-        snprintf(j->context_hash, sizeof j->context_hash, "%016llx",
-                 (unsigned long long)util_fnv1a64(all, strlen(all)));
-        free(decl);
-        free(pers);
-        free(all);
-    }
+    const tenant_ctx *cx = job_context(t, j->route, j->kb, j->persona);
+    j->tools = json_incref(cx->tools);
+    memcpy(j->context_hash, cx->hash, sizeof j->context_hash);
     if (j->channel_handoff) {
         j->want_handoff = 1;
         j->human_reason = j->channel_handoff;
