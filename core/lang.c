@@ -35,6 +35,10 @@
 #ifndef LANG_TIE_PERMILLE
 #define LANG_TIE_PERMILLE 2
 #endif
+/* This many hint words of one candidate, and none of another, decide alone. */
+#ifndef LANG_DECISIVE_HITS
+#define LANG_DECISIVE_HITS 3
+#endif
 /* Longest folded word looked up in the hint table. */
 #define LANG_WORD_MAX 15
 #define LANG_HASH_SLOTS 2048
@@ -568,6 +572,16 @@ const char *lang_detect(lang_detector *ld, const char *text, size_t len)
     lang_normalize(&nm, text, len);
     if (nm.letters < LANG_MIN_LETTERS)
         return NULL;
+    /* hint words of one candidate only, and enough of them, decide without n-grams
+     * (the n-gram pass would weigh them the same way; it costs more than the rest) */
+    size_t only = 0, with_hits = 0;
+    for (size_t i = 0; i < ld->n; i++)
+        if (nm.hits[i]) {
+            only = i;
+            with_hits++;
+        }
+    if (with_hits == 1 && nm.hits[only] >= LANG_DECISIVE_HITS)
+        return ld->code[only];
 
     void *unknown = fp_Init(NULL);
     if (!unknown)
