@@ -23,6 +23,14 @@
 
 struct kokod;
 
+/* What every prompt of one route (or of the tenant's defaults) shares, built
+ * with the generation: tool declarations are borrowed from instances that
+ * live as long as it, persona and KB are fixed per generation. */
+typedef struct prompt_ctx {
+    json_t *tools;               /* handoff_to_human + the tools' declarations (koko_llm_request.tools) */
+    char hash[17];               /* koko_llm_request.context_hash: fingerprint, persona, KB, tools */
+} prompt_ctx;
+
 typedef struct tenant {
     const tenant_cfg *cfg;       /* borrowed from the generation's config */
     const char *name;
@@ -42,6 +50,8 @@ typedef struct tenant {
     koko_instance **tools;
     size_t n_tools;
     router *router;
+    prompt_ctx ctx;              /* the tenant's defaults (no route matched) */
+    prompt_ctx *route_ctx;       /* one per route of router, same order */
     const char **route_chunk_lang[32]; /* chunk languages of route kbs (first 32 routes) */
     double min_confidence;       /* handoff below this */
     const json_t *handoff_phrases; /* lang → [phrases], borrowed from the config */

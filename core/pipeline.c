@@ -534,14 +534,13 @@ typedef struct job {
     char *excerpts[MAX_HITS];
     koko_turn *history; /* copy of the conversation's turns */
     size_t n_history;
-    json_t *tools;
+    const prompt_ctx *ctx; /* declarations and context hash of the route (the generation's) */
     koko_instance **chain;
     size_t n_chain, step;
     int want_handoff;
     const char *human_reason;
     char *model_handoff;  /* the model called handoff_to_human(reason) */
     int budget_cut;       /* a paid backend was skipped for the budget: hand off */
-    char context_hash[17];
     json_t *attempts;
     int calls;          /* generate calls not yet called back */
     int finished;
@@ -588,7 +587,6 @@ static void job_free(job *j)
     for (size_t i = 0; i < j->n_history; i++)
         free((char *)j->history[i].text);
     free(j->history);
-    json_decref(j->tools);
     json_decref(j->attempts);
     if (j->deadline)
         event_free(j->deadline);
@@ -948,13 +946,13 @@ static void run_step(job *j)
         .n_chunks = j->n_hits,
         .persona = j->persona,
         .decisions = j->t->decisions,
-        .tools = j->tools,
+        .tools = j->ctx->tools,
         .route = j->route ? j->route->name : "default",
         .want_handoff = j->want_handoff,
         /* a route with a knowledge base of its own answers from it alone: its passages, not the tenant's KB */
         .knowledge = j->kb == j->t->kb ? j->t->knowledge : NULL,
         .knowledge_bytes = j->kb == j->t->kb && j->t->knowledge ? strlen(j->t->knowledge) : 0,
-        .context_hash = j->context_hash,
+        .context_hash = j->ctx->hash,
         .customer_facts = j->facts,
         .job = j,
     };
@@ -966,26 +964,6 @@ static void run_step(job *j)
         j->deadline = evtimer_new(j->p->kd->base, on_deadline, j);
     evtimer_add(j->deadline, &tv);
     ops->generate(inst->state, &sc->req, on_generated, sc);
-}
-
-static json_t *tool_declarations(const tenant *t, const route *r)
-{
-    json_t *out = json_array();
-    json_array_append_new(out, json_pack("{s:s,s:s,s:{s:s,s:{s:{s:s,s:s}},s:[s]}}", "name", "handoff_to_human",
-                                         "description",
-                                         "Hand the conversation to a human colleague. Call it when you cannot "
-                                         "answer from the knowledge given, or the customer asks for a person.",
-                                         "parameters", "type", "object", "properties", "reason", "type", "string",
-                                         "description", "why a human should take over", "required", "reason"));
-    koko_instance *const *tools = r && r->has_tools ? r->tools : t->tools;
-    size_t n = r && r->has_tools ? r->n_tools : t->n_tools;
-    for (size_t i = 0; i < n; i++) {
-        const koko_tool_ops *ops = tools[i]->desc->ops;
-        const json_t *decl = ops->declarations(tools[i]->state);
-        if (json_is_array(decl))
-            json_array_extend(out, (json_t *)decl);
-    }
-    return out;
 }
 
 static void on_facts_ready(job *j)
@@ -1029,23 +1007,13 @@ static void start_job(job *j)
                   j->language, j->n_history);
 
     route_input ri = {.channel = j->channel, .inbox = j->inbox, .language = j->language, .text = j->text};
-    j->route = router_match(t->router, &ri, NULL);
+    size_t route_index = 0;
+    j->route = router_match(t->router, &ri, &route_index);
     j->kb = j->route && j->route->kb ? j->route->kb : t->kb;
     j->persona = j->route && j->route->persona ? j->route->persona : t->persona;
     j->chain = j->route && j->route->chain ? j->route->chain : t->chain;
     j->n_chain = j->route && j->route->chain ? j->route->n_chain : t->n_chain;
-    j->tools = tool_declarations(t, j->route);
-    {
-        char *decl = json_dumps(j->tools, JSON_COMPACT | JSON_SORT_KEYS);
-        char *pers = json_dumps(j->persona, JSON_COMPACT | JSON_SORT_KEYS);
-        char *all = util_asprintf("%s\n%s\n%s\n%s", t->fingerprint, pers ? pers : "", j->kb ? kb_hash(j->kb) : "",
-                                  decl ? decl : "");
-        snprintf(j->context_hash, sizeof j->context_hash, "%016llx",
-                 (unsigned long long)util_fnv1a64(all, strlen(all)));
-        free(decl);
-        free(pers);
-        free(all);
-    }
+    j->ctx = j->route ? &t->route_ctx[route_index] : &t->ctx;
     if (j->channel_handoff) {
         j->want_handoff = 1;
         j->human_reason = j->channel_handoff;
