@@ -541,7 +541,7 @@ typedef struct job {
     const char *human_reason;
     char *model_handoff;  /* the model called handoff_to_human(reason) */
     int budget_cut;       /* a paid backend was skipped for the budget: hand off */
-    json_t *attempts;
+    json_t *attempts;   /* [{"backend","error"}]; NULL until a backend fails */
     int calls;          /* generate calls not yet called back */
     int finished;
     struct event *deadline;
@@ -854,6 +854,14 @@ static void finish(job *j, const koko_llm_result *res, const char *backend)
 
 static void run_step(job *j);
 
+/* Note that INST did not answer J, for the answer's "attempts". */
+static void job_attempt_failed(job *j, const koko_instance *inst, const char *why)
+{
+    if (!j->attempts)
+        j->attempts = json_array();
+    json_array_append_new(j->attempts, json_pack("{s:s,s:s}", "backend", inst->desc->name, "error", why));
+}
+
 static void on_generated(const koko_llm_result *res, void *arg)
 {
     step_call *sc = arg;
@@ -875,8 +883,7 @@ static void on_generated(const koko_llm_result *res, void *arg)
     }
     log_warn(inst->prefix, "did not answer (%s); trying the next backend",
              res->error ? res->error : "no reason given");
-    json_array_append_new(j->attempts, json_pack("{s:s,s:s}", "backend", inst->desc->name, "error",
-                                                 res->error ? res->error : "failed"));
+    job_attempt_failed(j, inst, res->error ? res->error : "failed");
     j->step = step + 1;
     run_step(j);
 }
@@ -888,8 +895,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     job *j = arg;
     koko_instance *inst = j->chain[j->step];
     log_warn(inst->prefix, "no answer within %d ms; trying the next backend", STEP_DEADLINE_MS);
-    json_array_append_new(j->attempts, json_pack("{s:s,s:s}", "backend", inst->desc->name, "error",
-                                                 "no answer within the core's deadline"));
+    job_attempt_failed(j, inst, "no answer within the core's deadline");
     j->step++;
     run_step(j);
 }
@@ -912,8 +918,7 @@ static int over_budget(job *j, koko_instance *inst)
                   "month ends or budget.monthly_usd is raised", j->t->name, j->t->monthly_usd,
                   month_spend(kd, j->t->name, NULL));
     }
-    json_array_append_new(j->attempts, json_pack("{s:s,s:s}", "backend", inst->desc->name, "error",
-                                                 "skipped: the tenant's monthly budget is spent"));
+    job_attempt_failed(j, inst, "skipped: the tenant's monthly budget is spent");
     kokod_count(kd, j->t->name, "budget_skips", 1);
     j->budget_cut = 1;
     return 1;
@@ -1060,7 +1065,6 @@ static job *job_new(pipeline *p, generation *g, tenant *t, const chat_input *in)
     j->contact = in->contact ? xstrdup(in->contact) : NULL;
     if (in->conversation_id)
         j->conv_key = util_asprintf("%s\x1f%s\x1f%s", t->name, j->channel, in->conversation_id);
-    j->attempts = json_array();
     j->magic = JOB_MAGIC;
     j->started = util_now_ms_f();
     p->inflight++;
