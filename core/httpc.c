@@ -413,7 +413,7 @@ static size_t httpc_write_cb(char *ptr, size_t size, size_t nmemb, void *userdat
     }
     size_t need = x->body_len + n + 1;
     if (need > x->body_cap) {
-        size_t cap = x->body_cap ? x->body_cap : 4096;
+        size_t cap = x->body_cap ? x->body_cap : 1024;
         while (cap < need)
             cap *= 2;
         if (cap > x->max_body + 1)
