@@ -136,6 +136,43 @@ static void tenant_fingerprint(tenant *t)
     free(all);
 }
 
+static json_t *tool_declarations(const tenant *t, const route *r)
+{
+    json_t *out = json_array();
+    json_array_append_new(out, json_pack("{s:s,s:s,s:{s:s,s:{s:{s:s,s:s}},s:[s]}}", "name", "handoff_to_human",
+                                         "description",
+                                         "Hand the conversation to a human colleague. Call it when you cannot "
+                                         "answer from the knowledge given, or the customer asks for a person.",
+                                         "parameters", "type", "object", "properties", "reason", "type", "string",
+                                         "description", "why a human should take over", "required", "reason"));
+    koko_instance *const *tools = r && r->has_tools ? r->tools : t->tools;
+    size_t n = r && r->has_tools ? r->n_tools : t->n_tools;
+    for (size_t i = 0; i < n; i++) {
+        const koko_tool_ops *ops = tools[i]->desc->ops;
+        const json_t *decl = ops->declarations(tools[i]->state);
+        if (json_is_array(decl))
+            json_array_extend(out, (json_t *)decl);
+    }
+    return out;
+}
+
+/* The declarations and context hash of route R (NULL: the tenant's defaults),
+ * once per generation rather than per message. */
+static void prompt_ctx_build(const tenant *t, const route *r, prompt_ctx *pc)
+{
+    const json_t *persona = r && r->persona ? r->persona : t->persona;
+    const kb *k = r && r->kb ? r->kb : t->kb;
+    pc->tools = tool_declarations(t, r);
+    char *decl = json_dumps(pc->tools, JSON_COMPACT | JSON_SORT_KEYS);
+    char *pers = json_dumps(persona, JSON_COMPACT | JSON_SORT_KEYS);
+    char *all = util_asprintf("%s\n%s\n%s\n%s", t->fingerprint, pers ? pers : "", k ? kb_hash(k) : "",
+                              decl ? decl : "");
+    snprintf(pc->hash, sizeof pc->hash, "%016llx", (unsigned long long)util_fnv1a64(all, strlen(all)));
+    free(decl);
+    free(pers);
+    free(all);
+}
+
 static int build_tenant(kokod *kd, generation *g, const generation *old, tenant *t, const tenant_cfg *tc, diag *d)
 {
     const core_config *c = g->cfg;
@@ -234,7 +271,13 @@ static int build_tenant(kokod *kd, generation *g, const generation *old, tenant 
         if (t->router->routes[i].kb)
             t->route_chunk_lang[i] = detect_chunk_langs(kd, t, t->router->routes[i].kb);
     tenant_fingerprint(t);
-    return diag_count(d) > before ? -1 : 0;
+    if (diag_count(d) > before)
+        return -1;
+    prompt_ctx_build(t, NULL, &t->ctx);
+    t->route_ctx = xcalloc(t->router->n + 1, sizeof *t->route_ctx);
+    for (size_t i = 0; i < t->router->n; i++)
+        prompt_ctx_build(t, &t->router->routes[i], &t->route_ctx[i]);
+    return 0;
 }
 
 static void tenant_destroy(tenant *t)
@@ -251,10 +294,11 @@ static void tenant_destroy(tenant *t)
     free(t->chain);
     for (size_t i = 0; i < 32; i++)
         free(t->route_chunk_lang[i]);
+    json_decref(t->ctx.tools);
+    for (size_t i = 0; t->route_ctx && i < t->router->n; i++)
+        json_decref(t->route_ctx[i].tools);
+    free(t->route_ctx);
     router_free(t->router);
-    for (size_t i = 0; i < t->n_ctx; i++)
-        json_decref(t->ctx[i].tools);
-    free(t->ctx);
     free(t->chunk_lang);
     free(t->knowledge);
     kb_free(t->kb);

@@ -23,6 +23,14 @@
 
 struct kokod;
 
+/* What every prompt of one route (or of the tenant's defaults) shares, built
+ * with the generation: tool declarations are borrowed from instances that
+ * live as long as it, persona and KB are fixed per generation. */
+typedef struct prompt_ctx {
+    json_t *tools;               /* handoff_to_human + the tools' declarations (koko_llm_request.tools) */
+    char hash[17];               /* koko_llm_request.context_hash: fingerprint, persona, KB, tools */
+} prompt_ctx;
+
 typedef struct tenant {
     const tenant_cfg *cfg;       /* borrowed from the generation's config */
     const char *name;
@@ -42,6 +50,8 @@ typedef struct tenant {
     koko_instance **tools;
     size_t n_tools;
     router *router;
+    prompt_ctx ctx;              /* the tenant's defaults (no route matched) */
+    prompt_ctx *route_ctx;       /* one per route of router, same order */
     const char **route_chunk_lang[32]; /* chunk languages of route kbs (first 32 routes) */
     double min_confidence;       /* handoff below this */
     const json_t *handoff_phrases; /* lang → [phrases], borrowed from the config */
@@ -50,18 +60,7 @@ typedef struct tenant {
     unsigned memory_budget_tokens; /* customer_memory.budget_tokens: facts in a prompt (0: none) */
     int memory_extract;          /* customer_memory.extract */
     char fingerprint[17];        /* hash of config subtree, KB and memory files: "changed?" */
-    /* the model context of each route, [router->n] for messages no route matched:
-     * made on first use by the pipeline (pipeline.c, job_context) and kept for
-     * the generation; n_ctx is 0 until then */
-    struct tenant_ctx *ctx;
-    size_t n_ctx;
 } tenant;
-
-/* What a route offers the model, the same for every message it takes. */
-typedef struct tenant_ctx {
-    json_t *tools;  /* function declarations (handoff_to_human first), NULL until made */
-    char hash[17];  /* context hash: fingerprint, persona, KB and declarations */
-} tenant_ctx;
 
 typedef struct generation {
     uint64_t id;

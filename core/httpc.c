@@ -10,6 +10,8 @@
  * exactly one state: RUNNING (in the multi), QUEUED (result fixed, callback
  * pending) or DELIVERING (its callback is running).
  */
+#include "kokoconf.h"
+
 #include "httpc.h"
 #include "curlfn.h"
 
@@ -60,7 +62,9 @@ struct httpc_xfer {
     int has_error;
     double start_ms, total_ms;
     char errbuf[CURL_ERROR_SIZE];
-    char error[CURL_ERROR_SIZE + 512];
+    /* the message for the callback, made only when there is one: thousands of
+     * transfers wait at once, and most never fail */
+    char *error;
     httpc_xfer *prev, *next; /* every transfer whose callback has not started */
     httpc_xfer *qnext;       /* completion queue */
 };
@@ -105,8 +109,12 @@ static void xfer_error(httpc_xfer *x, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(x->error, sizeof x->error, fmt, ap);
+    char *msg = NULL;
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
     va_end(ap);
+    free(x->error);
+    x->error = msg;
     x->has_error = 1;
 }
 
@@ -210,7 +218,8 @@ static void xfer_deliver(httpc *h, httpc_xfer *x)
         .status = x->status,
         .curl_code = x->curl_code,
         .cancelled = x->cancelled,
-        .error = x->has_error ? x->error : NULL,
+        .error = x->has_error ? (x->error ? x->error : "httpc: out of memory formatting the transfer's error")
+                              : NULL,
         .body = x->body ? x->body : "",
         .body_len = x->body ? x->body_len : 0,
         .headers = x->resp_headers,
@@ -221,6 +230,7 @@ static void xfer_deliver(httpc *h, httpc_xfer *x)
         curl_easy_cleanup(x->easy); /* before the header list: curl may point into it */
     curl_slist_free_all(x->req_headers);
     xfer_drop_response(x);
+    free(x->error);
     x->magic = 0;
     free(x);
 }
@@ -403,7 +413,7 @@ static size_t httpc_write_cb(char *ptr, size_t size, size_t nmemb, void *userdat
     }
     size_t need = x->body_len + n + 1;
     if (need > x->body_cap) {
-        size_t cap = x->body_cap ? x->body_cap : 4096;
+        size_t cap = x->body_cap ? x->body_cap : 1024;
         while (cap < need)
             cap *= 2;
         if (cap > x->max_body + 1)

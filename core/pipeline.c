@@ -534,15 +534,14 @@ typedef struct job {
     char *excerpts[MAX_HITS];
     koko_turn *history; /* copy of the conversation's turns */
     size_t n_history;
-    json_t *tools;
+    const prompt_ctx *ctx; /* declarations and context hash of the route (the generation's) */
     koko_instance **chain;
     size_t n_chain, step;
     int want_handoff;
     const char *human_reason;
     char *model_handoff;  /* the model called handoff_to_human(reason) */
     int budget_cut;       /* a paid backend was skipped for the budget: hand off */
-    char context_hash[17];
-    json_t *attempts;
+    json_t *attempts;   /* [{"backend","error"}]; NULL until a backend fails */
     int calls;          /* generate calls not yet called back */
     int finished;
     struct event *deadline;
@@ -588,7 +587,6 @@ static void job_free(job *j)
     for (size_t i = 0; i < j->n_history; i++)
         free((char *)j->history[i].text);
     free(j->history);
-    json_decref(j->tools);
     json_decref(j->attempts);
     if (j->deadline)
         event_free(j->deadline);
@@ -856,6 +854,14 @@ static void finish(job *j, const koko_llm_result *res, const char *backend)
 
 static void run_step(job *j);
 
+/* Note that INST did not answer J, for the answer's "attempts". */
+static void job_attempt_failed(job *j, const koko_instance *inst, const char *why)
+{
+    if (!j->attempts)
+        j->attempts = json_array();
+    json_array_append_new(j->attempts, json_pack("{s:s,s:s}", "backend", inst->desc->name, "error", why));
+}
+
 static void on_generated(const koko_llm_result *res, void *arg)
 {
     step_call *sc = arg;
@@ -877,8 +883,7 @@ static void on_generated(const koko_llm_result *res, void *arg)
     }
     log_warn(inst->prefix, "did not answer (%s); trying the next backend",
              res->error ? res->error : "no reason given");
-    json_array_append_new(j->attempts, json_pack("{s:s,s:s}", "backend", inst->desc->name, "error",
-                                                 res->error ? res->error : "failed"));
+    job_attempt_failed(j, inst, res->error ? res->error : "failed");
     j->step = step + 1;
     run_step(j);
 }
@@ -890,8 +895,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     job *j = arg;
     koko_instance *inst = j->chain[j->step];
     log_warn(inst->prefix, "no answer within %d ms; trying the next backend", STEP_DEADLINE_MS);
-    json_array_append_new(j->attempts, json_pack("{s:s,s:s}", "backend", inst->desc->name, "error",
-                                                 "no answer within the core's deadline"));
+    job_attempt_failed(j, inst, "no answer within the core's deadline");
     j->step++;
     run_step(j);
 }
@@ -914,8 +918,7 @@ static int over_budget(job *j, koko_instance *inst)
                   "month ends or budget.monthly_usd is raised", j->t->name, j->t->monthly_usd,
                   month_spend(kd, j->t->name, NULL));
     }
-    json_array_append_new(j->attempts, json_pack("{s:s,s:s}", "backend", inst->desc->name, "error",
-                                                 "skipped: the tenant's monthly budget is spent"));
+    job_attempt_failed(j, inst, "skipped: the tenant's monthly budget is spent");
     kokod_count(kd, j->t->name, "budget_skips", 1);
     j->budget_cut = 1;
     return 1;
@@ -948,13 +951,13 @@ static void run_step(job *j)
         .n_chunks = j->n_hits,
         .persona = j->persona,
         .decisions = j->t->decisions,
-        .tools = j->tools,
+        .tools = j->ctx->tools,
         .route = j->route ? j->route->name : "default",
         .want_handoff = j->want_handoff,
         /* a route with a knowledge base of its own answers from it alone: its passages, not the tenant's KB */
         .knowledge = j->kb == j->t->kb ? j->t->knowledge : NULL,
         .knowledge_bytes = j->kb == j->t->kb && j->t->knowledge ? strlen(j->t->knowledge) : 0,
-        .context_hash = j->context_hash,
+        .context_hash = j->ctx->hash,
         .customer_facts = j->facts,
         .job = j,
     };
@@ -966,51 +969,6 @@ static void run_step(job *j)
         j->deadline = evtimer_new(j->p->kd->base, on_deadline, j);
     evtimer_add(j->deadline, &tv);
     ops->generate(inst->state, &sc->req, on_generated, sc);
-}
-
-static json_t *tool_declarations(const tenant *t, const route *r)
-{
-    json_t *out = json_array();
-    json_array_append_new(out, json_pack("{s:s,s:s,s:{s:s,s:{s:{s:s,s:s}},s:[s]}}", "name", "handoff_to_human",
-                                         "description",
-                                         "Hand the conversation to a human colleague. Call it when you cannot "
-                                         "answer from the knowledge given, or the customer asks for a person.",
-                                         "parameters", "type", "object", "properties", "reason", "type", "string",
-                                         "description", "why a human should take over", "required", "reason"));
-    koko_instance *const *tools = r && r->has_tools ? r->tools : t->tools;
-    size_t n = r && r->has_tools ? r->n_tools : t->n_tools;
-    for (size_t i = 0; i < n; i++) {
-        const koko_tool_ops *ops = tools[i]->desc->ops;
-        const json_t *decl = ops->declarations(tools[i]->state);
-        if (json_is_array(decl))
-            json_array_extend(out, (json_t *)decl);
-    }
-    return out;
-}
-
-/* The declarations and context hash of messages taking route R (NULL: none)
- * of T, whose KB and persona are K and PERSONA: made once per route and
- * generation, since nothing in them depends on the message. */
-static const tenant_ctx *job_context(tenant *t, const route *r, const kb *k, const json_t *persona)
-{
-    size_t nr = t->router ? t->router->n : 0;
-    if (!t->ctx) {
-        t->ctx = xcalloc(nr + 1, sizeof *t->ctx);
-        t->n_ctx = nr + 1;
-    }
-    tenant_ctx *cx = &t->ctx[r && t->router ? (size_t)(r - t->router->routes) : nr];
-    if (!cx->tools) {
-        cx->tools = tool_declarations(t, r);
-        char *decl = json_dumps(cx->tools, JSON_COMPACT | JSON_SORT_KEYS);
-        char *pers = json_dumps(persona, JSON_COMPACT | JSON_SORT_KEYS);
-        char *all = util_asprintf("%s\n%s\n%s\n%s", t->fingerprint, pers ? pers : "", k ? kb_hash(k) : "",
-                                  decl ? decl : "");
-        snprintf(cx->hash, sizeof cx->hash, "%016llx", (unsigned long long)util_fnv1a64(all, strlen(all)));
-        free(decl);
-        free(pers);
-        free(all);
-    }
-    return cx;
 }
 
 static void on_facts_ready(job *j)
@@ -1054,14 +1012,13 @@ static void start_job(job *j)
                   j->language, j->n_history);
 
     route_input ri = {.channel = j->channel, .inbox = j->inbox, .language = j->language, .text = j->text};
-    j->route = router_match(t->router, &ri, NULL);
+    size_t route_index = 0;
+    j->route = router_match(t->router, &ri, &route_index);
     j->kb = j->route && j->route->kb ? j->route->kb : t->kb;
     j->persona = j->route && j->route->persona ? j->route->persona : t->persona;
     j->chain = j->route && j->route->chain ? j->route->chain : t->chain;
     j->n_chain = j->route && j->route->chain ? j->route->n_chain : t->n_chain;
-    const tenant_ctx *cx = job_context(t, j->route, j->kb, j->persona);
-    j->tools = json_incref(cx->tools);
-    memcpy(j->context_hash, cx->hash, sizeof j->context_hash);
+    j->ctx = j->route ? &t->route_ctx[route_index] : &t->ctx;
     if (j->channel_handoff) {
         j->want_handoff = 1;
         j->human_reason = j->channel_handoff;
@@ -1108,7 +1065,6 @@ static job *job_new(pipeline *p, generation *g, tenant *t, const chat_input *in)
     j->contact = in->contact ? xstrdup(in->contact) : NULL;
     if (in->conversation_id)
         j->conv_key = util_asprintf("%s\x1f%s\x1f%s", t->name, j->channel, in->conversation_id);
-    j->attempts = json_array();
     j->magic = JOB_MAGIC;
     j->started = util_now_ms_f();
     p->inflight++;

@@ -40,7 +40,7 @@ typedef struct chat_answer {
     const char *handoff_reason; /* NULL unless handoff */
     const char *backend;    /* which backend answered */
     const char *route;      /* "default" or the route's name */
-    json_t *attempts;       /* [{"backend","error"}] for backends that did not answer */
+    json_t *attempts;       /* [{"backend","error"}] for backends that did not answer; NULL: none */
     double latency_ms;
 } chat_answer;
 

@@ -150,7 +150,8 @@ typedef void (*koko_tool_fn)(koko_status st, json_t *result, void *arg); /* RESU
 typedef struct koko_tool_ops {
     uint32_t size;
     /* Function declarations this tool offers: a JSON array of
-     * {"name","description","parameters"(JSON Schema)}; borrowed, lives as long as the instance. */
+     * {"name","description","parameters"(JSON Schema)}; borrowed, lives as long as the instance
+     * and does not change: the host reads it once per generation. */
     const json_t *(*declarations)(void *state);
     /* Run function NAME with ARGS (borrowed). DONE runs exactly once, later. */
     void (*call)(void *state, const char *name, const json_t *args, koko_tool_fn done, void *arg);

@@ -766,8 +766,9 @@ static void on_http(const koko_http_result *res, void *arg)
     json_decref(doc);
 }
 
-llm_call *llm_call_start(llm_client *cl, const char *method, const char *url, const char *const *headers,
-                         const json_t *body, uint64_t tokens, const char *what, llm_call_fn done, void *arg)
+/* A call linked into CL, not started; takes BODY. */
+static llm_call *call_new(llm_client *cl, const char *method, const char *url, const char *const *headers,
+                          char *body, uint64_t tokens, const char *what, llm_call_fn done, void *arg)
 {
     llm_call *c = calloc(1, sizeof *c);
     if (!c)
@@ -784,7 +785,7 @@ llm_call *llm_call_start(llm_client *cl, const char *method, const char *url, co
         abort();
     for (size_t i = 0; i < n; i++)
         c->headers[i] = llm_strdup(headers[i]);
-    c->body = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    c->body = body;
     c->tokens = tokens;
     c->done = done;
     c->arg = arg;
@@ -793,10 +794,29 @@ llm_call *llm_call_start(llm_client *cl, const char *method, const char *url, co
         cl->calls->prev = c;
     cl->calls = c;
     cl->n_calls++;
+    return c;
+}
+
+llm_call *llm_call_start(llm_client *cl, const char *method, const char *url, const char *const *headers,
+                         const json_t *body, uint64_t tokens, const char *what, llm_call_fn done, void *arg)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    llm_call *c = call_new(cl, method, url, headers, text, tokens, what, done, arg);
     if (cl->stopping)
         call_finish_later(c, KOKO_ERR_CANCELLED, "cancelled: the backend is stopping");
-    else if (body && !c->body)
+    else if (body && !text)
         call_finish_later(c, KOKO_ERR_PERMANENT, "cannot serialise the request body");
+    else
+        call_go(c);
+    return c;
+}
+
+llm_call *llm_call_start_text(llm_client *cl, const char *method, const char *url, const char *const *headers,
+                              char *body, uint64_t tokens, const char *what, llm_call_fn done, void *arg)
+{
+    llm_call *c = call_new(cl, method, url, headers, body, tokens, what, done, arg);
+    if (cl->stopping)
+        call_finish_later(c, KOKO_ERR_CANCELLED, "cancelled: the backend is stopping");
     else
         call_go(c);
     return c;

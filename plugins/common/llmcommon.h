@@ -127,6 +127,10 @@ void llm_client_free(llm_client *cl);
  */
 llm_call *llm_call_start(llm_client *cl, const char *method, const char *url, const char *const *headers,
                          const json_t *body, uint64_t tokens, const char *what, llm_call_fn done, void *arg);
+/* The same with BODY already serialised (owned: freed with the call; NULL =
+ * no body), for callers that size their TOKENS estimate from it. */
+llm_call *llm_call_start_text(llm_client *cl, const char *method, const char *url, const char *const *headers,
+                              char *body, uint64_t tokens, const char *what, llm_call_fn done, void *arg);
 
 /*
  * Stop: no new retries. Calls waiting for the limiter or a backoff are

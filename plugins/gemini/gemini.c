@@ -253,7 +253,6 @@ static void gemini_destroy(void *state)
 
 void gen_free(gen *g)
 {
-    json_decref(g->history);
     json_decref(g->turns);
     json_decref(g->responses);
     free(g->cache_name);
@@ -368,9 +367,11 @@ void gen_send(gen *g)
     gemini *gm = g->gm;
     const koko_llm_request *req = g->req;
     int cached = g->cache_name != NULL;
-    json_t *contents = json_deep_copy(g->history);
+    /* built per send rather than kept: thousands of calls wait on the model at once */
+    json_t *contents = KOKO_LLM_IS_TASK(req) ? json_array() : history_json(req);
     json_array_append_new(contents, user_turn(g, cached));
-    json_array_extend(contents, g->turns);
+    if (g->turns)
+        json_array_extend(contents, g->turns);
     json_t *body = json_pack("{s:o}", "contents", contents);
     json_t *gc = json_object();
     if (gm->cfg.has_temperature)
@@ -399,10 +400,12 @@ void gen_send(gen *g)
     }
     char *url = llm_asprintf("%s/v1beta/models/%s:generateContent", gm->base_url, gm->model);
     const char *hdrs[] = {gm->key_header, NULL};
-    char *dump = json_dumps(body, JSON_COMPACT);
-    uint64_t est = (dump ? strlen(dump) : 0) / 4 + extra + 1;
-    free(dump);
-    g->call = llm_call_start(gm->client, "POST", url, hdrs, body, est, "generateContent", on_generated, g);
+    char *dump = json_dumps(body, JSON_COMPACT); /* serialised once: the estimate and what goes out */
+    if (dump)
+        g->call = llm_call_start_text(gm->client, "POST", url, hdrs, dump, strlen(dump) / 4 + extra + 1,
+                                      "generateContent", on_generated, g);
+    else /* answers (later) that the body cannot be serialised */
+        g->call = llm_call_start(gm->client, "POST", url, hdrs, body, 1, "generateContent", on_generated, g);
     free(url);
     json_decref(body);
 }
@@ -450,6 +453,8 @@ static void run_tools(gen *g, const json_t *content, const json_t *calls)
     g->steps++;
     json_t *model_turn = json_deep_copy(content);
     json_object_set_new(model_turn, "role", json_string("model"));
+    if (!g->turns)
+        g->turns = json_array();
     json_array_append_new(g->turns, model_turn);
     size_t n = json_array_size(calls);
     g->responses = json_array();
@@ -593,13 +598,9 @@ static void gemini_generate(void *state, const koko_llm_request *req, koko_llm_f
     g->req = req;
     g->done = done;
     g->arg = arg;
-    g->history = history_json(req);
-    g->turns = json_array();
     g->whole_kb = req->knowledge && req->knowledge_bytes && req->knowledge_bytes / 4 <= gm->budget_tokens;
-    if (KOKO_LLM_IS_TASK(req)) {
-        json_array_clear(g->history);
-        g->whole_kb = 1; /* no passages either */
-    }
+    if (KOKO_LLM_IS_TASK(req))
+        g->whole_kb = 1; /* no history (gen_send) and no passages either */
     g->next = gm->gens;
     if (gm->gens)
         gm->gens->prev = g;

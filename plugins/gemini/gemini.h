@@ -38,8 +38,7 @@ struct gen {
     koko_llm_fn done;
     void *arg;
     int whole_kb;       /* the whole KB is sent (cached or inline), else the chunks */
-    json_t *history;    /* the earlier turns as Gemini contents */
-    json_t *turns;      /* model function calls and our functionResponses so far */
+    json_t *turns;      /* model function calls and our functionResponses so far; NULL until the first */
     json_t *responses;  /* functionResponse parts of the round in progress */
     size_t tools_pending;
     unsigned steps;     /* function-calling rounds done */

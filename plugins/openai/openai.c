@@ -308,10 +308,12 @@ static void gen_send(ogen *g)
         json_object_set_new(body, "tool_choice", json_string("auto"));
     }
     const char *hdrs[] = {oa->auth_header, NULL};
-    char *dump = json_dumps(body, JSON_COMPACT);
-    uint64_t est = (dump ? strlen(dump) : 0) / 4 + 1;
-    free(dump);
-    llm_call_start(oa->client, "POST", oa->url, hdrs, body, est, "chat.completions", on_answer, g);
+    char *dump = json_dumps(body, JSON_COMPACT); /* serialised once: the estimate and what goes out */
+    if (dump)
+        llm_call_start_text(oa->client, "POST", oa->url, hdrs, dump, strlen(dump) / 4 + 1, "chat.completions",
+                            on_answer, g);
+    else /* answers (later) that the body cannot be serialised */
+        llm_call_start(oa->client, "POST", oa->url, hdrs, body, 1, "chat.completions", on_answer, g);
     json_decref(body);
 }
 
