@@ -86,6 +86,20 @@ START_TEST(test_validate)
     ck_assert_int_eq(validate_count("{\"api_key\":\"k\",\"rate\":{\"requests_per_min\":6,\"window_ms\":50}}", fd), 1);
     ck_assert_int_ge(fakediag_find(fd, "rate.window_ms: expected an integer from 100 to 3600000 (milliseconds), got 50"), 0);
     ck_assert_int_eq(validate_count("{\"api_key\":\"k\",\"base_url\":\"ftp://x\"}", fd), 1);
+    /* ca_file: a readable PEM file (a proxy or a private endpoint with its own CA) */
+    char ca[64] = "/tmp/test_gemini_ca.XXXXXX";
+    int cafd = mkstemp(ca);
+    ck_assert_int_ge(cafd, 0);
+    close(cafd);
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "{\"api_key\":\"k\",\"ca_file\":\"%s\"}", ca);
+    ck_assert_int_eq(validate_count(cfg, fd), 0);
+    unlink(ca);
+    ck_assert_int_eq(validate_count(cfg, fd), 1);
+    ck_assert_ptr_nonnull(strstr(fakediag_line(fd, 0), "ca_file: cannot read /tmp/test_gemini_ca."));
+    ck_assert_ptr_nonnull(strstr(fakediag_line(fd, 0), "No such file or directory"));
+    ck_assert_int_eq(validate_count("{\"api_key\":\"k\",\"ca_file\":true}", fd), 1);
+    ck_assert_int_ge(fakediag_find(fd, "ca_file: expected the path of a PEM file of CA certificates, got a boolean"), 0);
     fakediag_free(fd);
 }
 END_TEST

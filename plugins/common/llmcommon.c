@@ -11,6 +11,7 @@
 #include "llmcommon.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -174,7 +176,8 @@ static char *sb_take(sbuf *b)
 /* ---- configuration ---- */
 
 const char *const llm_common_keys[] = {"timeout_ms",     "max_attempts", "backoff_ms", "max_retry_delay_ms", "rate",
-                                       "max_tool_steps", "temperature",  "prices",     NULL};
+                                       "max_tool_steps", "temperature",  "prices",     "ca_file",
+                                       NULL};
 static const char *const rate_keys[] = {"requests_per_min", "tokens_per_min", "window_ms", NULL};
 static const char *const price_keys[] = {"input", "cached_input", "output", "cache_storage_per_hour", NULL};
 
@@ -343,6 +346,18 @@ int llm_cfg_check_common(const char *key, const json_t *v, koko_diag *d)
         return check_rate(v, d);
     if (strcmp(key, "prices") == 0)
         return check_prices(v, d);
+    if (strcmp(key, "ca_file") == 0) {
+        if (!json_is_string(v) || !json_string_length(v)) {
+            d->error(d, key, "expected the path of a PEM file of CA certificates, got %s", llm_json_kind(v));
+            return 1;
+        }
+        if (access(json_string_value(v), R_OK) != 0) {
+            d->error(d, key, "cannot read %s: %s (give the path of a PEM file of CA certificates)",
+                     json_string_value(v), strerror(errno));
+            return 1;
+        }
+        return 0;
+    }
     return -1;
 }
 
@@ -373,11 +388,14 @@ void llm_cfg_load(const json_t *cfg, llm_common_cfg *c)
     }
     const json_t *p = json_object_get(cfg, "prices");
     c->prices = json_is_object(p) ? json_deep_copy(p) : NULL;
+    const char *ca = json_string_value(json_object_get(cfg, "ca_file"));
+    c->ca_file = ca && *ca ? llm_strdup(ca) : NULL;
 }
 
 void llm_cfg_free(llm_common_cfg *c)
 {
     json_decref(c->prices);
+    free(c->ca_file);
     c->prices = NULL;
 }
 
@@ -486,6 +504,7 @@ llm_client *llm_client_new(const koko_host *host, koko_instance *inst, const llm
     cl->inst = inst;
     cl->cfg = *cfg;
     cl->cfg.prices = NULL;
+    cl->cfg.ca_file = cfg->ca_file ? llm_strdup(cfg->ca_file) : NULL;
     cl->who = llm_strdup(who);
     cl->idle = idle;
     cl->idle_arg = idle_arg;
@@ -493,6 +512,7 @@ llm_client *llm_client_new(const koko_host *host, koko_instance *inst, const llm
         cl->limiter = rl_new(host, inst, cfg->rpm, cfg->tpm, cfg->rate_window_ms);
         if (!cl->limiter) {
             free(cl->who);
+            free(cl->cfg.ca_file);
             free(cl);
             return NULL;
         }
@@ -524,6 +544,7 @@ void llm_client_free(llm_client *cl)
     }
     rl_free(cl->limiter);
     free(cl->who);
+    free(cl->cfg.ca_file);
     free(cl);
 }
 
@@ -656,6 +677,13 @@ static void call_send(llm_call *c)
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, cl->cfg.timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cl->cfg.timeout_ms);
+    /* HTTPS negotiates HTTP/2 where the server speaks it (Gemini does), which
+     * carries many calls on one connection (100 at once on Google's): a call
+     * waits for a connection being opened to the same server, to share it,
+     * rather than opening one of its own */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    if (cl->cfg.ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, cl->cfg.ca_file);
     if (c->body) {
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(c->body));
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body); /* C outlives the transfer */

@@ -55,11 +55,12 @@ typedef struct llm_common_cfg {
     double temperature;
     int has_temperature;
     json_t *prices; /* own reference to the "prices" object, or NULL */
+    char *ca_file;  /* ca_file: CA certificates to trust instead of the system's, or NULL */
 } llm_common_cfg;
 
 /*
  * Validate KEY = V if it is one of the shared keys: timeout_ms, max_attempts,
- * backoff_ms, max_retry_delay_ms, rate, max_tool_steps, temperature, prices.
+ * backoff_ms, max_retry_delay_ms, rate, max_tool_steps, temperature, prices, ca_file.
  * Returns -1 when KEY is not shared (the caller checks it), else the number
  * of problems reported through D (0 = fine).
  */
