@@ -16,7 +16,7 @@ PACKAGES=(
   build-essential autoconf automake libtool pkg-config
   libevent-dev libcurl4-openssl-dev libjansson-dev libyaml-dev check
   libstemmer-dev libexttextcat-dev libsqlite3-dev libhiredis-dev libssl-dev
-  curl ca-certificates python3 python3-jsonschema wrk redis-server valgrind procps
+  curl ca-certificates python3 python3-jsonschema wrk redis-server valgrind procps libnghttp2-dev
 )
 
 say() { printf '\n==> %s\n' "$*"; }
