@@ -18,7 +18,8 @@
 #
 # Environment (set by bench/bench.am): KOKOD, FALLBACK_DIR, CHATWOOT_DIR, BARE_EVHTTP,
 # CW_BENCH, KOKO_SRCDIR; knobs: BENCH_DURATION (5s), BENCH_ROUNDS (3), BENCH_CONNECTIONS
-# (32), BENCH_THREADS (1), BENCH_CW_RATE (1000), BENCH_CW_SECONDS (10), BENCH_CW_CONNECTIONS (8),
+# (32), BENCH_THREADS (1), BENCH_CW_RATE (1000), BENCH_CW_SECONDS (10), BENCH_CW_WARMUP (0.5: seconds
+# of webhooks at the same rate before the measured ones, reported apart), BENCH_CW_CONNECTIONS (8),
 # BENCH_CW_ONLY (webhooks or e2e: run only that part), BENCH_CW_SYNC (state.synchronous of
 # kokod: tiered, the default, full or normal — to compare the durability tiers).
 
@@ -38,6 +39,7 @@ set -u
 : "${BENCH_THREADS:=1}"
 : "${BENCH_CW_RATE:=1000}"
 : "${BENCH_CW_SECONDS:=10}"
+: "${BENCH_CW_WARMUP:=0.5}"
 : "${BENCH_CW_CONNECTIONS:=8}"
 : "${BENCH_CW_ONLY:=}"
 : "${BENCH_CW_SYNC:=}"
@@ -173,7 +175,7 @@ wrk_health() # NAME URL: requests/s of GET URL
 
 echo "kokod Chatwoot benchmarks — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc 2>/dev/null || echo '?') CPUs, \
 wrk -t$BENCH_THREADS -c$BENCH_CONNECTIONS -d$BENCH_DURATION, $BENCH_ROUNDS alternating rounds, medians; \
-e2e $BENCH_CW_RATE msg/s for $BENCH_CW_SECONDS s, state.synchronous ${BENCH_CW_SYNC:-tiered (default)}"
+e2e $BENCH_CW_RATE msg/s for $BENCH_CW_SECONDS s after a ${BENCH_CW_WARMUP} s warm-up, state.synchronous ${BENCH_CW_SYNC:-tiered (default)}"
 echo "loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
@@ -266,7 +268,7 @@ fi
 
 # ==== 6. end to end at a fixed rate
 [ "$BENCH_CW_ONLY" = webhooks ] && exit 0
-"$CW_BENCH" e2e -f "$TMP/e2e.port" -r "$BENCH_CW_RATE" -d "$BENCH_CW_SECONDS" -c "$BENCH_CW_CONNECTIONS" \
+"$CW_BENCH" e2e -f "$TMP/e2e.port" -r "$BENCH_CW_RATE" -d "$BENCH_CW_SECONDS" -w "$BENCH_CW_WARMUP" -c "$BENCH_CW_CONNECTIONS" \
     -s "$SECRET" -k "$TOKEN" -t "$E2E_TARGET_MS" >"$TMP/e2e.out" 2>"$TMP/e2e.err" &
 E2E_PID=$!
 EPORT=$(wait_port "$TMP/e2e.out") || { cat "$TMP/e2e.err" >&2; die "cw_bench e2e did not start"; }
