@@ -16,7 +16,9 @@ $CC -o "$out/fuzz_chatwoot" "$src/fuzz/fuzz_chatwoot.c" "$src/tests/fakehost.c" 
     "$src/core/curlfn.c" "$src"/plugins/chatwoot/*.c $PKG $(pkg-config --cflags --libs libcrypto) -ldl
 $CC -o "$out/fuzz_custmem" "$src/fuzz/fuzz_custmem.c" "$src/core/custmem_facts.c" "$src/core/text.c" "$src/core/util.c" \
     $PKG $(pkg-config --cflags --libs libstemmer 2>/dev/null || echo -lstemmer)
-for f in yamltree lang chatwoot custmem; do
+$CC -o "$out/fuzz_kb" "$src/fuzz/fuzz_kb.c" "$src/core/kb.c" "$src/core/text.c" "$src/core/util.c" "$src/core/log.c" \
+    $PKG $(pkg-config --cflags --libs libstemmer 2>/dev/null || echo -lstemmer)
+for f in yamltree lang chatwoot custmem kb; do
     mkdir -p "$out/corpus-$f"
     case $f in
     yamltree) cp "$src"/tests/data/config/*.yaml "$out/corpus-$f/" ;;
@@ -24,7 +26,7 @@ for f in yamltree lang chatwoot custmem; do
                  >"$out/corpus-$f/a.json"
              printf '%s' '{"text": "Budapesten lakik", "expires": "2027-01-31"}' >"$out/corpus-$f/b.json"
              printf '%s' 'email:anna@example.hu' >"$out/corpus-$f/c.txt" ;;
-    lang) cut -f2 "$src/tests/data/lang_samples.tsv" | split -l 1 - "$out/corpus-$f/s" ;;
+    lang | kb) cut -f2 "$src/tests/data/lang_samples.tsv" | split -l 1 - "$out/corpus-$f/s" ;;
     chatwoot) python3 -c "
 import sys, json; sys.path.insert(0, '$src/tests/fakes')
 import chatwoot_payloads as p
@@ -37,5 +39,5 @@ for i, name in enumerate(n for n in dir(p) if callable(getattr(p, n)) and not n.
 " ;;
     esac
     echo "== fuzz_$f for ${secs}s"
-    "$out/fuzz_$f" -max_total_time="$secs" -max_len=16384 "$out/corpus-$f" 2>&1 | tail -n 3
+    KOKO_SRCDIR="$src" "$out/fuzz_$f" -max_total_time="$secs" -max_len=16384 "$out/corpus-$f" 2>&1 | tail -n 3
 done
