@@ -210,6 +210,23 @@ static int body_seek(void *arg, curl_off_t offset, int origin)
     return origin == SEEK_SET && offset == 0 && k->body_off == 0 ? CURL_SEEKFUNC_OK : CURL_SEEKFUNC_FAIL;
 }
 
+/* Called before each time libcurl sends the request. A second call means
+ * libcurl is re-sending on its own, which it does without a rewind only when
+ * none of the body went out (with some of it sent it asks body_seek, which
+ * refuses): what body_read handed over before stayed in libcurl's buffer, so
+ * the body starts again from its first byte. */
+static int body_prereq(void *arg, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
+                       int conn_local_port)
+{
+    (void)conn_primary_ip;
+    (void)conn_local_ip;
+    (void)conn_primary_port;
+    (void)conn_local_port;
+    cw_call *k = arg;
+    k->body_off = 0;
+    return CURL_PREREQFUNC_OK;
+}
+
 /* Start one transfer of K (the listing when K->checking). */
 static void call_send(cw_call *k)
 {
@@ -244,6 +261,8 @@ static void call_send(cw_call *k)
                 curl_easy_setopt(e, CURLOPT_READDATA, k);
                 curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, body_seek);
                 curl_easy_setopt(e, CURLOPT_SEEKDATA, k);
+                curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, body_prereq);
+                curl_easy_setopt(e, CURLOPT_PREREQDATA, k);
                 /* a connection idle for longer may be one the server is closing */
                 curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, (long)CW_POST_REUSE_S);
             } else {

@@ -96,9 +96,16 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- plumbing ----
 
+    class Truncated(Exception):
+        """The client went away before sending the body it announced."""
+
     def _body(self):
         n = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n) if n else b""
+        if len(raw) < n:
+            # as nginx in front of Chatwoot: a request whose body never fully
+            # arrived is not handed to the application at all
+            raise Handler.Truncated()
         try:
             return json.loads(raw) if raw else {}
         except ValueError:
@@ -132,7 +139,11 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and path == "/_conversations":
             with st.lock:
                 return self._send(200, list(st.conversations.values()))
-        body = self._body()
+        try:
+            body = self._body()
+        except Handler.Truncated:
+            self.close_connection = True
+            return None
         if method == "POST" and path == "/_reset":
             with st.lock:
                 st.reset()
@@ -154,7 +165,11 @@ class Handler(BaseHTTPRequestHandler):
     def _api(self, method):
         st = self.st
         path = self.path.split("?")[0]
-        body = self._body() if method == "POST" else {}
+        try:
+            body = self._body() if method == "POST" else {}
+        except Handler.Truncated:
+            self.close_connection = True
+            return None
         token_ok = self.headers.get("api_access_token") == st.token
         call = {"method": method, "path": path, "body": body, "token_ok": token_ok, "t": time.time(),
                 "peer": self.client_address[1]}  # the client's port: one per connection

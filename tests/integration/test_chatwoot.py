@@ -16,6 +16,7 @@ the daemon had time to (wrongly) answer them.
 import http.client
 import json
 import os
+import socket
 import sys
 import time
 
@@ -159,6 +160,22 @@ class Chatwoot(KokoTestCase):
         self.wait_posts(2)
         self.barrier()
         self.assertEqual(len(self.posted(2)), 1)
+
+    def test_fake_drops_a_truncated_post(self):
+        """The fake, like nginx in front of Chatwoot, never creates a message from a
+        request whose body stopped short (a client killed between its headers and
+        its body): the durability tests rely on it."""
+        body = json.dumps({"content": "half", "message_type": "outgoing", "private": False,
+                           "source_id": "koko:test"}).encode()
+        with socket.create_connection(("127.0.0.1", self.fake.port)) as s:
+            s.sendall(b"POST /api/v1/accounts/1/conversations/77/messages HTTP/1.1\r\n"
+                      b"Host: x\r\napi_access_token: test-token\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(5)
+            self.assertEqual(s.recv(100), b"")  # closed without an answer
+        conv = self.fake.conversation(77)
+        self.assertEqual(conv["messages"] if conv else [], [])
 
     def test_api_failing_then_recovering(self):
         self.fake.fault(r"/conversations/3/messages$", method="POST", status=500, count=2)
