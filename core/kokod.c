@@ -822,25 +822,59 @@ json_t *kokod_status(kokod *kd)
                      "generations_alive", (json_int_t)gen_alive(), "store", store_json(kd));
 }
 
+/* S as the inside of a JSON string, into OUT (always terminated; a text too
+ * long is cut, never inside an escape or a UTF-8 sequence). */
+static void json_quote_into(char *out, size_t size, const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char esc[8];
+        size_t len = 1;
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            len = 2;
+        } else if (c < 0x20) {
+            len = (size_t)snprintf(esc, sizeof esc, "\\u%04x", c);
+        } else {
+            esc[0] = (char)c;
+        }
+        if (n + len >= size) {
+            while (n > 0 && ((unsigned char)out[n - 1] & 0xC0) == 0x80) /* inside a sequence */
+                n--;
+            if (n > 0 && (unsigned char)out[n - 1] >= 0xC0) /* its lead byte */
+                n--;
+            break;
+        }
+        memcpy(out + n, esc, len);
+        n += len;
+    }
+    out[n] = '\0';
+}
+
+/* /health as one snprintf (the hot path of load balancers and monitors): the
+ * same document as kokod_status, without building a JSON tree. */
 int kokod_health(kokod *kd, char *buf, size_t size)
 {
     const generation *g = kd->current;
-    char why[512];
-    const char *word = status_word(kd, why, sizeof why);
-    json_t *st = store_json(kd);
-    char *stj = json_dumps(st, JSON_COMPACT);
-    json_decref(st);
-    int n = snprintf(buf, size,
+    char why[512], qwhy[1024];
+    int ok = kokod_store_healthy(kd, why, sizeof why);
+    json_quote_into(qwhy, sizeof qwhy, why);
+    return snprintf(buf, size,
                     "{\"status\":\"%s\",\"version\":\"%s\",\"generation\":%llu,\"uptime_s\":%lld,\"plugins\":%s,"
                     "\"tenants\":%zu,\"inflight\":%zu,\"reloads\":{\"ok\":%llu,\"failed\":%llu},"
-                    "\"generations_alive\":%zu,\"store\":%s}",
-                    word, PACKAGE_VERSION, (unsigned long long)(g ? g->id : 0),
-                    (long long)(util_unix_time() - kd->started_at), g && g->plugins_json ? g->plugins_json : "[]",
-                    g ? g->n_tenants : 0, (kd->srv ? server_inflight(kd->srv) : 0) + pipeline_inflight(kd->pipe),
+                    "\"generations_alive\":%zu,\"store\":{\"backend\":\"%s\",\"healthy\":%s,\"reason\":\"%s\","
+                    "\"pending_ops\":%zu,\"queue\":{\"pending\":%lld,\"dead\":%lld,\"spool\":%lld,\"age_ms\":%lld}}}",
+                    kd->stopping ? "stopping" : ok ? "ok" : "degraded", PACKAGE_VERSION,
+                    (unsigned long long)(g ? g->id : 0), (long long)(util_unix_time() - kd->started_at),
+                    g && g->plugins_json ? g->plugins_json : "[]", g ? g->n_tenants : 0,
+                    (kd->srv ? server_inflight(kd->srv) : 0) + pipeline_inflight(kd->pipe),
                     (unsigned long long)kd->reloads_ok, (unsigned long long)kd->reloads_failed, gen_alive(),
-                    stj ? stj : "{}");
-    free(stj);
-    return n;
+                    kd->store ? store_backend(kd->store) : "none", ok ? "true" : "false", qwhy,
+                    kd->store ? store_pending(kd->store) : 0, (long long)kd->depth_pending,
+                    (long long)kd->depth_dead, (long long)kd->depth_spool,
+                    kd->depth_ms ? (long long)(util_now_ms() - kd->depth_ms) : -1LL);
 }
 
 json_t *kokod_plugins(kokod *kd)

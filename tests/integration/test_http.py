@@ -63,6 +63,29 @@ class HttpApi(KokoTestCase):
         self.assertGreaterEqual(doc["uptime_s"], 0)
         self.assertEqual(doc["plugins"], ["fallback"])
 
+    def test_health_escapes_the_store_reason(self):
+        """/health is formatted without a JSON library: a state folder whose name holds a
+        quote, a backslash and a non-ASCII letter still gives valid JSON, and the same
+        store section as `kokoctl status` (built with one)."""
+        k = Kokod()
+        k.state_dir = os.path.join(k.dir, 'st"a\\te-é')
+        k.write_config()
+        k.start()
+        try:
+            st, _, doc = k.http("GET", "/health")
+            self.assertEqual(st, 200)
+            self.assertIn(k.state_dir, doc["store"]["reason"])
+            self.assertIs(doc["store"]["healthy"], True)
+            self.assertEqual(sorted(doc["store"]["queue"]), ["age_ms", "dead", "pending", "spool"])
+            rc, out, err = k.kokoctl("--json", "status")
+            self.assertEqual(rc, 0, err)
+            status = json.loads(out)
+            self.assertEqual(sorted(status["store"]), sorted(doc["store"]))
+            self.assertEqual(status["store"]["backend"], doc["store"]["backend"])
+        finally:
+            k.stop(expect=0)
+            k.close()
+
     def test_head_health(self):
         st, h, body = self.k.http("HEAD", "/health")
         self.assertEqual(st, 200)
