@@ -1243,17 +1243,12 @@ static void ids_push(uint32_t **ids, size_t *n, size_t *cap, uint32_t id)
     (*ids)[(*n)++] = id;
 }
 
-/* Chunk CI's sentences with their term ids, split and stemmed the first time
- * (as sentence_score reads them) and kept for the life of the KB. */
-static const xsent *chunk_sentences(const kb *k, size_t ci)
+/* Split TEXT (of language LANG, -1: any) into sentences and find the KB terms
+ * of each, into X (whose arrays the caller frees). */
+static void sentences_build(const kb *k, int lang, const char *text, size_t len, xsent *x)
 {
-    xsent *x = &k->xc->chunks[ci];
-    if (x->sp)
-        return x;
-    const kb_chunk *c = &k->chunks[ci];
-    int lang = k->clang[ci];
     span tmp[EXCERPT_MAX_SENTENCES];
-    size_t n = split_sentences(c->text, c->text_len, tmp, EXCERPT_MAX_SENTENCES), nids = 0, cap = 0;
+    size_t n = split_sentences(text, len, tmp, EXCERPT_MAX_SENTENCES), nids = 0, cap = 0;
     uint32_t *first = xmalloc((n + 1) * sizeof *first), *ids = NULL;
     char tbuf[256], pre[TEXT_WORD_MAX + 2];
     const char *terms[TEXT_MAX_TERMS];
@@ -1263,7 +1258,7 @@ static const xsent *chunk_sentences(const kb *k, size_t ci)
         int joined;
         const char *word = it.word;
         first[i] = (uint32_t)nids;
-        word_it_init(&it, c->text + tmp[i].s, tmp[i].e - tmp[i].s);
+        word_it_init(&it, text + tmp[i].s, tmp[i].e - tmp[i].s);
         while ((wn = word_it_next(&it, &joined)) > 0) {
             size_t nt = text_terms(k->an, lang, word, wn, tbuf, sizeof tbuf, terms, TEXT_MAX_TERMS);
             for (size_t j = 0; j < nt; j++) {
@@ -1284,6 +1279,14 @@ static const xsent *chunk_sentences(const kb *k, size_t ci)
     x->first = first;
     x->ids = ids;
     x->n = n;
+}
+
+/* Chunk CI's sentences, made the first time and kept for the life of the KB. */
+static const xsent *chunk_sentences(const kb *k, size_t ci)
+{
+    xsent *x = &k->xc->chunks[ci];
+    if (!x->sp)
+        sentences_build(k, k->clang[ci], k->chunks[ci].text, k->chunks[ci].text_len, x);
     return x;
 }
 
@@ -1301,35 +1304,6 @@ static double cached_score(const query *q, const xsent *x, size_t i)
                 else
                     stem |= q->terms[j].mask;
             }
-    }
-    return mask_score(q, stem, pref);
-}
-
-static double sentence_score(const kb *k, const query *q, int lang, const char *t, size_t n)
-{
-    char tbuf[256], pre[TEXT_WORD_MAX + 2];
-    const char *terms[TEXT_MAX_TERMS];
-    size_t wn, nt, i, j, pl;
-    uint32_t stem = 0, pref = 0;
-    word_it it;
-    int joined;
-    const char *word = it.word;
-
-    word_it_init(&it, t, n);
-    while ((wn = word_it_next(&it, &joined)) > 0) {
-        nt = text_terms(k->an, lang, word, wn, tbuf, sizeof tbuf, terms, TEXT_MAX_TERMS);
-        for (i = 0; i < nt; i++) {
-            uint32_t id = term_find(k, terms[i], strlen(terms[i]));
-            for (j = 0; id != NO_TERM && j < q->nterms; j++)
-                if (q->terms[j].term == id && !q->terms[j].prefix)
-                    stem |= q->terms[j].mask;
-        }
-        if (nt && (pl = prefix_term(word, wn, pre, sizeof pre)) > 0) {
-            uint32_t id = term_find(k, pre, pl);
-            for (j = 0; id != NO_TERM && j < q->nterms; j++)
-                if (q->terms[j].term == id && q->terms[j].prefix)
-                    pref |= q->terms[j].mask;
-        }
     }
     return mask_score(q, stem, pref);
 }
@@ -1384,17 +1358,18 @@ char *kb_excerpt(const kb *k, const kb_chunk *c, const char *qtext, size_t max_c
     sp = xmalloc(EXCERPT_MAX_SENTENCES * sizeof *sp);
     pick = xmalloc(EXCERPT_MAX_SENTENCES * sizeof *pick);
     const query *q = excerpt_query(k, qtext ? qtext : "");
-    if (c >= k->chunks && c < k->chunks + k->nchunks) {
-        const xsent *x = chunk_sentences(k, (size_t)(c - k->chunks));
-        n = x->n;
-        memcpy(sp, x->sp, n * sizeof *sp);
-        for (i = 0; i < n; i++)
-            sp[i].score = cached_score(q, x, i);
-    } else { /* a chunk of another KB: split and stem it here */
-        n = split_sentences(c->text, c->text_len, sp, EXCERPT_MAX_SENTENCES);
-        for (i = 0; i < n; i++)
-            sp[i].score = sentence_score(k, q, -1, c->text + sp[i].s, sp[i].e - sp[i].s);
-    }
+    int own = c >= k->chunks && c < k->chunks + k->nchunks;
+    xsent foreign = {0}; /* a chunk of another KB: split and stemmed here, in any language */
+    if (!own)
+        sentences_build(k, -1, c->text, c->text_len, &foreign);
+    const xsent *x = own ? chunk_sentences(k, (size_t)(c - k->chunks)) : &foreign;
+    n = x->n;
+    memcpy(sp, x->sp, n * sizeof *sp);
+    for (i = 0; i < n; i++)
+        sp[i].score = cached_score(q, x, i);
+    free(foreign.sp);
+    free(foreign.first);
+    free(foreign.ids);
     for (i = 0; i < n; i++)
         if (sp[i].score > 0)
             matched = 1;
