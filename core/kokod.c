@@ -100,7 +100,15 @@ kokod *kokod_new(const char *config_path, const char *const *extra, size_t nextr
     kd->depth_spool = 0; /* no spool without Redis */
     kd->next_gen = 1;
     pthread_mutex_init(&kd->post_lock, NULL);
-    kd->base = event_base_new();
+    /* timers to the millisecond: libevent's default clock on Linux is the coarse
+     * one (up to 4 ms behind), which fired a retry the server asked to wait 0.7 s
+     * for after 699 ms */
+    struct event_config *ecfg = event_config_new();
+    if (ecfg)
+        event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    kd->base = ecfg ? event_base_new_with_config(ecfg) : NULL;
+    if (ecfg)
+        event_config_free(ecfg);
     char err[512];
     kd->http = kd->base ? httpc_new(kd->base, err, sizeof err) : NULL;
     if (!kd->http) {

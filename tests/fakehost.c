@@ -1117,7 +1117,12 @@ fakehost *fakehost_new(const char *tenant, const char *plugin)
     fh->kv->refs = 1;
     pthread_mutex_init(&fh->post_lock, NULL);
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    fh->base = event_base_new();
+    struct event_config *ecfg = event_config_new(); /* precise timers, as kokod's loop */
+    if (ecfg)
+        event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    fh->base = ecfg ? event_base_new_with_config(ecfg) : NULL;
+    if (ecfg)
+        event_config_free(ecfg);
     char err[256];
     if (!fh->base || !(fh->http = httpc_new(fh->base, err, sizeof err)) ||
         pipe2(fh->post_pipe, O_NONBLOCK | O_CLOEXEC) != 0 ||
