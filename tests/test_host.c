@@ -6,8 +6,8 @@
  * of each call (TTL, set-if-absent, counters), callbacks exactly once and
  * later, cancellation when the instance is drained (CANCELLED, the store's
  * late answer discarded), refusal after the stop, and a daemon without a
- * store (a status, not a crash). Without redis-server the Redis cases are
- * reported as skipped.
+ * store (a status, not a crash). Without redis-server the program fails
+ * (tests/testredis.h).
  */
 #include "kokoconf.h"
 
@@ -27,67 +27,18 @@
 #include "instance.h"
 #include "kokod.h"
 #include "store.h"
+#include "testredis.h"
 #include "util.h"
-
-#define REDIS_SERVER "/usr/bin/redis-server"
 
 static struct event_base *base;
 static store *S;
 static kokod KD;
 static koko_instance *I;
 static koko_plugin DESC = {.name = "gemini"};
-static char tmpdir[64], rtmp[64];
-static int redis_port, is_redis;
-static pid_t redis_pid;
+static char tmpdir[64];
+static int is_redis;
+static test_redis R; /* the redis-server this program runs */
 static int in_call; /* 1 while a kv call is on the stack */
-
-/* ---- redis-server ---- */
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &len))
-        return -1;
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static pid_t redis_start(void)
-{
-    char port[16], logf[128];
-    snprintf(port, sizeof port, "%d", redis_port);
-    snprintf(logf, sizeof logf, "%s/redis.log", rtmp);
-    pid_t pid = fork();
-    if (pid == 0) {
-        const char *argv[] = {REDIS_SERVER, "--port", port,   "--bind",    "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", rtmp, "--logfile", logf, "--daemonize", "no", NULL};
-        execv(REDIS_SERVER, (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 200; i++) {
-        redisContext *c = redisConnect("127.0.0.1", redis_port);
-        int ok = c && !c->err;
-        if (c)
-            redisFree(c);
-        if (ok)
-            return pid;
-        usleep(10000);
-    }
-    fprintf(stderr, "redis-server did not start (see %s)\n", logf);
-    return pid;
-}
-
-static void redis_flush(void)
-{
-    redisContext *c = redisConnect("127.0.0.1", redis_port);
-    ck_assert_msg(c && !c->err, "cannot reach the test redis-server");
-    redisReply *r = redisCommand(c, "FLUSHALL");
-    ck_assert_ptr_nonnull(r);
-    freeReplyObject(r);
-    redisFree(c);
-}
 
 /* ---- fixtures ---- */
 
@@ -128,9 +79,9 @@ static void setup_redis(void)
 {
     setup_common();
     is_redis = 1;
-    redis_flush();
+    tr_flush(&R);
     char url[64];
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", redis_port);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", R.port);
     store_options o = {.redis_url = url, .timeout_ms = 1000};
     char err[256];
     S = store_open(base, &o, err, sizeof err);
@@ -437,30 +388,17 @@ int main(void)
     tcase_add_checked_fixture(tc, setup_nostore, teardown);
     tcase_add_test(tc, test_no_store);
     suite_add_tcase(su, tc);
-    int have_redis = access(REDIS_SERVER, X_OK) == 0;
-    if (have_redis) {
-        snprintf(rtmp, sizeof rtmp, "/tmp/test_host-redis-XXXXXX");
-        if (!mkdtemp(rtmp))
-            return 99;
-        redis_port = free_port();
-        redis_pid = redis_start();
-        add_common(su, "redis", setup_redis);
-    } else {
-        fprintf(stderr, "test_host: %s not installed (Debian package redis-server): Redis cases skipped\n",
-                REDIS_SERVER);
+    if (tr_open(&R, "test_host") != 0) {
+        tr_close(&R);
+        return 1; /* the Redis cases cannot run: a failure, not a pass */
     }
+    add_common(su, "redis", setup_redis);
     SRunner *sr = srunner_create(su);
     srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    if (have_redis) {
-        kill(redis_pid, SIGTERM);
-        waitpid(redis_pid, NULL, 0);
-        char cmd[128];
-        snprintf(cmd, sizeof cmd, "rm -rf %s", rtmp);
-        if (system(cmd) != 0)
-            failed++;
-    }
+    if (tr_close(&R) != 0)
+        failed++;
     return failed ? 1 : 0;
 }

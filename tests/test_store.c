@@ -4,7 +4,7 @@
  * /usr/bin/redis-server) that this program starts on a free loopback port
  * and stops at the end. Every result is checked to arrive exactly once,
  * later, on the loop. Redis-only cases kill, stop and restart the server.
- * Without redis-server the Redis suite is reported as skipped.
+ * Without redis-server the program fails (tests/testredis.h).
  */
 #include "kokoconf.h"
 
@@ -25,86 +25,16 @@
 #include <hiredis/hiredis.h>
 
 #include "store.h"
+#include "testredis.h"
 #include "util.h"
-
-#define REDIS_SERVER "/usr/bin/redis-server"
 
 static struct event_base *base;
 static struct event *ticker;
 static store *S;
 static int is_redis;
 static char tmpdir[64];  /* per test (sqlite state dir) */
-static char rtmp[64];    /* redis-server's directory */
-static int redis_port;
-static pid_t redis_pid;
+static test_redis R;     /* the redis-server this program runs */
 static int in_submit;    /* 1 while a store call is on the stack */
-
-/* ---- redis-server ---- */
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &len))
-        return -1;
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* Start redis-server with EXTRA arguments (NULL-terminated); wait until it answers. */
-static pid_t redis_start(const char *sock, const char *pass)
-{
-    char port[16], logf[128];
-    snprintf(port, sizeof port, "%d", sock ? 0 : redis_port);
-    snprintf(logf, sizeof logf, "%s/redis%s.log", rtmp, sock ? "-unix" : "");
-    pid_t pid = fork();
-    if (pid == 0) {
-        const char *argv[24] = {REDIS_SERVER, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                "no", "--dir", rtmp, "--logfile", logf, "--daemonize", "no"};
-        int n = 15;
-        if (sock) {
-            argv[n++] = "--unixsocket";
-            argv[n++] = sock;
-        }
-        if (pass) {
-            argv[n++] = "--requirepass";
-            argv[n++] = pass;
-        }
-        argv[n] = NULL;
-        execv(REDIS_SERVER, (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 200; i++) {
-        redisContext *c = sock ? redisConnectUnix(sock) : redisConnect("127.0.0.1", redis_port);
-        int ok = c && !c->err;
-        if (c)
-            redisFree(c);
-        if (ok)
-            return pid;
-        usleep(10000);
-    }
-    fprintf(stderr, "redis-server did not start (see %s)\n", logf);
-    return pid;
-}
-
-static void redis_kill(pid_t pid, int sig)
-{
-    if (pid > 0) {
-        kill(pid, sig);
-        waitpid(pid, NULL, 0);
-    }
-}
-
-static void redis_flush(void)
-{
-    redisContext *c = redisConnect("127.0.0.1", redis_port);
-    ck_assert_msg(c && !c->err, "cannot reach the test redis-server");
-    redisReply *r = redisCommand(c, "FLUSHALL");
-    ck_assert_ptr_nonnull(r);
-    freeReplyObject(r);
-    redisFree(c);
-}
 
 /* ---- the loop and results ---- */
 
@@ -248,8 +178,8 @@ static void setup_redis(void)
 {
     setup_common();
     is_redis = 1;
-    redis_flush();
-    snprintf(redis_url, sizeof redis_url, "redis://127.0.0.1:%d/0", redis_port);
+    tr_flush(&R);
+    snprintf(redis_url, sizeof redis_url, "redis://127.0.0.1:%d/0", R.port);
     opts.redis_url = redis_url;
     S = open_store();
     /* wait until connected, so the tests measure operations, not the handshake */
@@ -1038,7 +968,7 @@ START_TEST(t_open_errors)
     free(dir);
     /* unreachable redis is not an open error: the store starts degraded */
     char url[64];
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d", free_port());
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", tr_free_port());
     o.redis_url = url;
     o.timeout_ms = 300;
     store *s = store_open(base, &o, err, sizeof err);
@@ -1078,8 +1008,8 @@ START_TEST(t_redis_restart)
         cap_reset(&inflight[i]);
         ck_assert_int_eq(store_get(S, "t:k", on_result, &inflight[i]), 0);
     }
-    redis_kill(redis_pid, SIGKILL);
-    redis_pid = 0;
+    tr_stop(R.pid, SIGKILL);
+    R.pid = 0;
     for (int i = 0; i < 10; i++) {
         run_until(&inflight[i].calls, 1, 3000);
         ck_assert_int_eq(inflight[i].status, STORE_E_UNAVAILABLE);
@@ -1098,7 +1028,7 @@ START_TEST(t_redis_restart)
     ck_assert_int_eq(c.status, STORE_E_UNAVAILABLE);
     run_for(500); /* several reconnect attempts fail meanwhile */
 
-    redis_pid = redis_start(NULL, NULL);
+    R.pid = tr_start(&R, NULL, NULL);
     wait_healthy(S, 1, 5000);
     OK(c, store_set(S, "t:k", "again", 5, 0, on_result, &c));
     OK(c, store_get(S, "t:k", on_result, &c));
@@ -1115,11 +1045,11 @@ START_TEST(t_redis_hang)
 {
     cap c = {0};
     OK(c, store_set(S, "t:k", "v", 1, 0, on_result, &c));
-    kill(redis_pid, SIGSTOP); /* alive but silent: only the command timeout can notice */
+    kill(R.pid, SIGSTOP); /* alive but silent: only the command timeout can notice */
     uint64_t t0 = util_now_ms();
     DO(c, store_get(S, "t:k", on_result, &c));
     uint64_t took = util_now_ms() - t0;
-    kill(redis_pid, SIGCONT);
+    kill(R.pid, SIGCONT);
     ck_assert_int_eq(c.status, STORE_E_UNAVAILABLE);
     ck_assert_msg(strstr(c.err, "timed out") != NULL, "%s", c.err);
     ck_assert_msg(took >= 900 && took < 3000, "took %llu ms", (unsigned long long)took);
@@ -1133,8 +1063,8 @@ END_TEST
 START_TEST(t_redis_unix_auth)
 {
     char sock[128], url[160];
-    snprintf(sock, sizeof sock, "%s/redis.sock", rtmp);
-    pid_t pid = redis_start(sock, "s3cret");
+    snprintf(sock, sizeof sock, "%s/redis.sock", R.dir);
+    pid_t pid = tr_start(&R, sock, "s3cret");
     snprintf(url, sizeof url, "unix:%s?db=2", sock);
     store_options o = opts;
     o.redis_url = url;
@@ -1172,7 +1102,7 @@ START_TEST(t_redis_unix_auth)
     ck_assert_int_eq(r->integer, 1);
     freeReplyObject(r);
     redisFree(rc);
-    redis_kill(pid, SIGTERM);
+    tr_stop(pid, SIGTERM);
     cap_reset(&c);
 }
 END_TEST
@@ -1215,30 +1145,18 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     Suite *su = suite_create("store");
     add_common(su, setup_sqlite);
-    int have_redis = access(REDIS_SERVER, X_OK) == 0;
-    if (have_redis) {
-        snprintf(rtmp, sizeof rtmp, "/tmp/test_store-redis-XXXXXX");
-        if (!mkdtemp(rtmp))
-            return 99;
-        redis_port = free_port();
-        redis_pid = redis_start(NULL, NULL);
-        add_common(su, setup_redis);
-    } else {
-        fprintf(stderr, "test_store: %s not installed (Debian package redis-server): Redis suite skipped\n",
-                REDIS_SERVER);
+    if (tr_open(&R, "test_store") != 0) {
+        tr_close(&R);
+        return 1; /* the Redis suite cannot run: a failure, not a pass */
     }
+    add_common(su, setup_redis);
     SRunner *sr = srunner_create(su);
     /* one process: the Redis cases kill and restart the server this process owns */
     srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    if (have_redis) {
-        redis_kill(redis_pid, SIGTERM);
-        char cmd[128];
-        snprintf(cmd, sizeof cmd, "rm -rf %s", rtmp);
-        if (system(cmd) != 0)
-            failed++;
-    }
+    if (tr_close(&R) != 0)
+        failed++;
     return failed ? 1 : 0;
 }
