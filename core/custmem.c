@@ -214,12 +214,9 @@ typedef struct cm_answer {
 
 static cm_answer *answers; /* scheduled, not delivered yet */
 
-static void answer_now(evutil_socket_t fd, short what, void *arg)
+/* Take A off the scheduled list and free its timer (A itself stays). */
+static void answer_unlink(cm_answer *a)
 {
-    (void)fd;
-    (void)what;
-    cm_answer *a = arg;
-    cm_op *op = a->op;
     if (a->prev)
         a->prev->next = a->next;
     else if (answers == a)
@@ -228,6 +225,27 @@ static void answer_now(evutil_socket_t fd, short what, void *arg)
         a->next->prev = a->prev;
     if (a->ev)
         event_free(a->ev);
+}
+
+/* Run FN(A) from a zero-delay timer; A is on the scheduled list until then. */
+static void answer_schedule(cm_answer *a, event_callback_fn fn)
+{
+    a->ev = evtimer_new(a->op->kd->base, fn, a);
+    a->next = answers;
+    if (answers)
+        answers->prev = a;
+    answers = a;
+    struct timeval tv = {0, 0};
+    evtimer_add(a->ev, &tv);
+}
+
+static void answer_now(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    cm_answer *a = arg;
+    cm_op *op = a->op;
+    answer_unlink(a);
     if (op->facts_done)
         op->facts_done(a->doc, op->arg);
     else if (op->done)
@@ -248,13 +266,7 @@ static void op_finish(cm_op *op, json_t *doc)
         answer_now(-1, 0, a);
         return;
     }
-    a->ev = evtimer_new(op->kd->base, answer_now, a);
-    a->next = answers;
-    if (answers)
-        answers->prev = a;
-    answers = a;
-    struct timeval tv = {0, 0};
-    evtimer_add(a->ev, &tv);
+    answer_schedule(a, answer_now);
 }
 
 typedef struct cm_call {
@@ -332,13 +344,7 @@ static void start_now(evutil_socket_t fd, short what, void *arg)
     (void)what;
     cm_answer *a = arg;
     cm_op *op = a->op;
-    if (a->prev)
-        a->prev->next = a->next;
-    else if (answers == a)
-        answers = a->next;
-    if (a->next)
-        a->next->prev = a->prev;
-    event_free(a->ev);
+    answer_unlink(a);
     free(a);
     cm_stage_fn first = op->next;
     op->next = NULL;
@@ -366,13 +372,7 @@ static void op_start(cm_op *op, cm_stage_fn first)
     a->op = op;
     a->doc = NULL;
     a->start = 1;
-    a->ev = evtimer_new(op->kd->base, start_now, a);
-    a->next = answers;
-    if (answers)
-        answers->prev = a;
-    answers = a;
-    struct timeval tv = {0, 0};
-    evtimer_add(a->ev, &tv);
+    answer_schedule(a, start_now);
 }
 
 /* ---- resolving a contact to its person: canonical key, facts, aliases ---- */
