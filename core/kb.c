@@ -1348,15 +1348,13 @@ static int cmp_span_pos(const void *a, const void *b)
 
 char *kb_excerpt(const kb *k, const kb_chunk *c, const char *qtext, size_t max_chars)
 {
-    span *sp, *pick;
+    span sp[EXCERPT_MAX_SENTENCES], pick[EXCERPT_MAX_SENTENCES]; /* 12 KiB: on the stack, not malloc'ed per call */
     size_t n, i, npick = 0, used = 0;
     strbuf out = {0};
     int matched = 0;
 
     if (!k || !c)
         return xstrdup("");
-    sp = xmalloc(EXCERPT_MAX_SENTENCES * sizeof *sp);
-    pick = xmalloc(EXCERPT_MAX_SENTENCES * sizeof *pick);
     const query *q = excerpt_query(k, qtext ? qtext : "");
     int own = c >= k->chunks && c < k->chunks + k->nchunks;
     xsent foreign = {0}; /* a chunk of another KB: split and stemmed here, in any language */
@@ -1428,8 +1426,6 @@ char *kb_excerpt(const kb *k, const kb_chunk *c, const char *qtext, size_t max_c
             sb_append(&out, c->text + pick[i].s, pick[i].e - pick[i].s);
         }
     }
-    free(sp);
-    free(pick);
     return sb_take(&out);
 }
 
