@@ -39,6 +39,7 @@ struct cw_call {
     koko_http *http;
     koko_timer *timer;
     size_t body_len, body_off; /* message posts: the body as read by libcurl (body_read) */
+    int sends;                 /* message posts: times libcurl began sending this attempt */
     char last_error[256];
     call_fn done;
     void *arg;
@@ -184,15 +185,14 @@ static void call_retry(cw_call *k, const koko_http_result *r)
         call_finish(k, KOKO_ERR_TEMPORARY, NULL, "cannot schedule a retry (kokod is stopping?)");
 }
 
-/* A message post's body goes to libcurl through this read callback rather than
- * CURLOPT_POSTFIELDS, so that libcurl cannot send it twice by itself: when a
- * reused keep-alive connection dies after the request went out and before any
- * answer came back, libcurl re-sends the request on a new connection — for
- * POSTFIELDS silently, for a read callback only after body_seek() rewinds it,
- * which it refuses once the body was read. The transfer then fails
- * (CURLE_SEND_FAIL_REWIND) and on_http() treats it like a timeout: the next
- * attempt lists the conversation first, so the post is made at most once
- * while the connection is still reused at high rates. */
+/* Message posts must never be sent twice by libcurl itself: when a reused
+ * keep-alive connection dies after the request went out and before any answer
+ * came back, libcurl re-sends the request on a new connection. body_prereq
+ * refuses that second send, and body_seek refuses a rewind of a body already
+ * read (the body goes through this read callback, not CURLOPT_POSTFIELDS,
+ * which libcurl would simply send again). The transfer then fails and
+ * on_http() treats it like a timeout: the next attempt lists the conversation
+ * first, so the post is made at most once while connections are reused. */
 static size_t body_read(char *buf, size_t size, size_t nitems, void *arg)
 {
     cw_call *k = arg;
@@ -210,11 +210,13 @@ static int body_seek(void *arg, curl_off_t offset, int origin)
     return origin == SEEK_SET && offset == 0 && k->body_off == 0 ? CURL_SEEKFUNC_OK : CURL_SEEKFUNC_FAIL;
 }
 
-/* Called before each time libcurl sends the request. A second call means
- * libcurl is re-sending on its own, which it does without a rewind only when
- * none of the body went out (with some of it sent it asks body_seek, which
- * refuses): what body_read handed over before stayed in libcurl's buffer, so
- * the body starts again from its first byte. */
+/* Called each time libcurl is about to send the request. A second call for
+ * one transfer is libcurl re-sending on its own after a reused connection
+ * died without an answer — and libcurl 7.88 does that without asking
+ * body_seek even when the whole body went out (seen: the server had created
+ * the message). So the second send is refused: the transfer fails, and
+ * on_http treats it like a timeout (list the conversation, then re-post only
+ * if the message is not there). */
 static int body_prereq(void *arg, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
                        int conn_local_port)
 {
@@ -223,8 +225,7 @@ static int body_prereq(void *arg, char *conn_primary_ip, char *conn_local_ip, in
     (void)conn_primary_port;
     (void)conn_local_port;
     cw_call *k = arg;
-    k->body_off = 0;
-    return CURL_PREREQFUNC_OK;
+    return k->sends++ == 0 ? CURL_PREREQFUNC_OK : CURL_PREREQFUNC_ABORT;
 }
 
 /* Start one transfer of K (the listing when K->checking). */
@@ -255,6 +256,7 @@ static void call_send(cw_call *k)
             if (k->source_id && k->body) {
                 k->body_len = strlen(k->body);
                 k->body_off = 0;
+                k->sends = 0;
                 curl_easy_setopt(e, CURLOPT_POST, 1L);
                 curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)k->body_len);
                 curl_easy_setopt(e, CURLOPT_READFUNCTION, body_read);
