@@ -7,8 +7,19 @@
  * curl_multi_info_read and moved to a completion queue that a separate event
  * (done_ev) drains, so user callbacks never run inside a curl call or inside
  * httpc_submit, and may freely submit, cancel or free. A transfer is in
- * exactly one state: RUNNING (in the multi), QUEUED (result fixed, callback
+ * exactly one state: RUNNING (in a multi), QUEUED (result fixed, callback
  * pending) or DELIVERING (its callback is running).
+ *
+ * Shards: libcurl 7.88 (Debian 12) walks every connection to a host when a
+ * transfer starts (looking for one to reuse) and, once more connections are
+ * open than CURLMOPT_MAXCONNECTS, again whenever one ends (looking for the
+ * oldest idle one to close). With 5,000 calls waiting on a slow model that is
+ * 2 x 5,000^2 / 2 steps: a quarter of kokod's CPU time in `make bench-llm`.
+ * So transfers go to up to HTTPC_MAX_SHARDS multi handles, each filled to
+ * HTTPC_SHARD_FILL running transfers before the next one is opened: a quiet
+ * daemon runs everything in shard 0 and reuses its connections; a burst
+ * spreads, and a shard other than 0 is closed (with its idle connections) as
+ * soon as its last transfer ends.
  */
 #include "kokoconf.h"
 
@@ -26,6 +37,15 @@
 
 #define HTTPC_MAGIC 0x48545043u /* "HTPC" */
 #define XFER_MAGIC 0x58464552u  /* "XFER" */
+/* Transfers one multi handle runs before the next shard takes new ones
+ * (httpc_set_shard_fill). */
+#define HTTPC_SHARD_FILL 512
+/* Shards at most; past HTTPC_MAX_SHARDS * HTTPC_SHARD_FILL running transfers
+ * the least busy shard takes the next one. */
+#define HTTPC_MAX_SHARDS 32
+/* Idle connections shard 0 keeps for reuse, and the others while they live. */
+#define HTTPC_MAXCONNECTS_FIRST 128L
+#define HTTPC_MAXCONNECTS_OTHER 16L
 /* Bound on the response header lines kept per transfer. */
 #define HTTPC_MAX_HEADER_BYTES ((size_t)256 * 1024)
 
@@ -36,7 +56,7 @@ enum xfer_overflow { OVER_NONE, OVER_BODY, OVER_HEADERS, OVER_NOMEM };
  * curl_multi_assign and also listed in the client so httpc_free finds any
  * curl leaves behind. */
 struct httpc_sock {
-    struct event ev;
+    struct event ev; /* its argument is the shard whose multi owns the socket */
     int added;
     struct httpc_sock *prev, *next;
 };
@@ -45,6 +65,7 @@ struct httpc_xfer {
     uint32_t magic;
     enum xfer_state state;
     httpc *h;
+    struct httpc_shard *shard; /* the multi it runs in, while in_multi */
     CURL *easy;
     struct curl_slist *req_headers;
     struct curl_slist *resp_headers;
@@ -69,17 +90,26 @@ struct httpc_xfer {
     httpc_xfer *qnext;       /* completion queue */
 };
 
+/* One curl multi handle on the loop, with its timer. */
+struct httpc_shard {
+    httpc *h;
+    CURLM *multi;
+    struct event timer_ev;
+    size_t running; /* transfers added to MULTI and not yet removed */
+    int index;      /* in h->shard[] */
+    struct httpc_sock *socks;
+};
+
 struct httpc {
     uint32_t magic;
     struct event_base *base;
-    CURLM *multi;
-    struct event timer_ev;
+    struct httpc_shard *shard[HTTPC_MAX_SHARDS]; /* made on demand; [0] lives until httpc_free */
     struct event done_ev;
     httpc_xfer *all;
     httpc_xfer *q_head, *q_tail;
     size_t q_len;
-    struct httpc_sock *socks;
     size_t max_body;
+    size_t shard_fill; /* running transfers per shard before the next one takes new ones */
     int dispatching;    /* depth of httpc_done_event */
     int free_requested; /* httpc_free called from inside a callback */
     int freeing;        /* httpc_free_now running */
@@ -200,6 +230,18 @@ static void xfer_drop_response(httpc_xfer *x)
     x->resp_header_bytes = 0;
 }
 
+/* X's transfer is over: its easy handle and request headers go now rather than
+ * after its callback, which may wait behind hundreds of others when a burst of
+ * answers arrives (each handle holds about 8 KiB). */
+static void xfer_release_easy(httpc_xfer *x)
+{
+    if (x->easy)
+        curl_easy_cleanup(x->easy); /* before the header list: curl may point into it */
+    x->easy = NULL;
+    curl_slist_free_all(x->req_headers);
+    x->req_headers = NULL;
+}
+
 static void xfer_mark_cancelled(httpc_xfer *x)
 {
     x->cancelled = 1;
@@ -226,22 +268,27 @@ static void xfer_deliver(httpc *h, httpc_xfer *x)
         .total_ms = x->total_ms,
     };
     x->cb(&r, x->arg);
-    if (x->easy)
-        curl_easy_cleanup(x->easy); /* before the header list: curl may point into it */
-    curl_slist_free_all(x->req_headers);
+    xfer_release_easy(x); /* when it never ran */
     xfer_drop_response(x);
     free(x->error);
     x->magic = 0;
     free(x);
 }
 
-/* Take X out of curl with CODE as its outcome and queue its callback. */
-static void xfer_finish(httpc *h, httpc_xfer *x, CURLcode code)
+/* Take X's easy handle out of its multi handle. */
+static void xfer_remove(httpc_xfer *x)
 {
-    if (x->in_multi) {
-        curl_multi_remove_handle(h->multi, x->easy);
-        x->in_multi = 0;
-    }
+    if (!x->in_multi)
+        return;
+    curl_multi_remove_handle(x->shard->multi, x->easy);
+    x->shard->running--;
+    x->in_multi = 0;
+}
+
+/* Take X out of curl with CODE as its outcome and queue its callback. */
+static void xfer_finish(httpc_xfer *x, CURLcode code)
+{
+    xfer_remove(x);
     long status = 0;
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
     x->status = status;
@@ -271,16 +318,17 @@ static void xfer_finish(httpc *h, httpc_xfer *x, CURLcode code)
         x->curl_code = CURLE_WRITE_ERROR;
     if (x->curl_code != CURLE_OK)
         xfer_drop_response(x);
+    xfer_release_easy(x);
     xfer_queue(x);
 }
 
 /* ---- curl -> libevent ---- */
 
-static void httpc_check_done(httpc *h)
+static void httpc_check_done(struct httpc_shard *s)
 {
     CURLMsg *msg;
     int left;
-    while ((msg = curl_multi_info_read(h->multi, &left))) {
+    while ((msg = curl_multi_info_read(s->multi, &left))) {
         if (msg->msg != CURLMSG_DONE)
             continue;
         CURL *easy = msg->easy_handle;
@@ -290,38 +338,39 @@ static void httpc_check_done(httpc *h)
         httpc_xfer *x = (httpc_xfer *)(void *)priv;
         if (!x || x->magic != XFER_MAGIC || x->state != XFER_RUNNING)
             continue;
-        xfer_finish(h, x, code);
+        xfer_finish(x, code);
     }
 }
 
 /* curl_multi_socket_action failed (only when one of our callbacks ran out of
- * memory): curl may never finish what it holds, so fail it all now rather
+ * memory): curl may never finish what S holds, so fail it all now rather
  * than leave callbacks hanging. */
-static void httpc_fail_running(httpc *h, CURLMcode mc)
+static void httpc_fail_running(struct httpc_shard *s, CURLMcode mc)
 {
-    for (httpc_xfer *x = h->all; x; x = x->next) {
-        if (x->state != XFER_RUNNING)
+    for (httpc_xfer *x = s->h->all; x; x = x->next) {
+        if (x->state != XFER_RUNNING || x->shard != s)
             continue;
         xfer_error(x, "httpc: curl multi failed: %s", curl_multi_strerror(mc));
         x->overflow = OVER_NONE;
-        if (x->in_multi) {
-            curl_multi_remove_handle(h->multi, x->easy);
-            x->in_multi = 0;
-        }
+        xfer_remove(x);
         x->status = 0;
         x->curl_code = CURLE_OUT_OF_MEMORY;
         xfer_drop_response(x);
+        xfer_release_easy(x);
         xfer_queue(x);
     }
 }
 
-static void httpc_action(httpc *h, curl_socket_t fd, int ev_bitmask)
+static void shard_retire_if_idle(struct httpc_shard *s);
+
+static void httpc_action(struct httpc_shard *s, curl_socket_t fd, int ev_bitmask)
 {
     int running = 0;
-    CURLMcode mc = curl_multi_socket_action(h->multi, fd, ev_bitmask, &running);
-    httpc_check_done(h);
+    CURLMcode mc = curl_multi_socket_action(s->multi, fd, ev_bitmask, &running);
+    httpc_check_done(s);
     if (mc != CURLM_OK)
-        httpc_fail_running(h, mc);
+        httpc_fail_running(s, mc);
+    shard_retire_if_idle(s); /* S may be gone now */
 }
 
 static void httpc_sock_event(evutil_socket_t fd, short what, void *arg)
@@ -337,42 +386,42 @@ static void httpc_timer_event(evutil_socket_t fd, short what, void *arg)
     httpc_action(arg, CURL_SOCKET_TIMEOUT, 0);
 }
 
-static void httpc_sock_free(httpc *h, struct httpc_sock *sk)
+static void httpc_sock_free(struct httpc_shard *s, struct httpc_sock *sk)
 {
     if (sk->added)
         event_del(&sk->ev); /* fine on an fd curl already closed */
     if (sk->prev)
         sk->prev->next = sk->next;
     else
-        h->socks = sk->next;
+        s->socks = sk->next;
     if (sk->next)
         sk->next->prev = sk->prev;
     free(sk);
 }
 
 /* CURLMOPT_SOCKETFUNCTION: start, change or stop watching socket S. */
-static int httpc_sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+static int httpc_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
-    httpc *h = userp;
+    struct httpc_shard *s = userp;
     struct httpc_sock *sk = socketp;
     (void)easy;
 
     if (what == CURL_POLL_REMOVE) {
         /* The socket may be closed already; curl forgets SOCKETP itself. */
         if (sk)
-            httpc_sock_free(h, sk);
+            httpc_sock_free(s, sk);
         return 0;
     }
     if (!sk) {
         sk = calloc(1, sizeof *sk);
         if (!sk)
             return -1;
-        sk->next = h->socks;
-        if (h->socks)
-            h->socks->prev = sk;
-        h->socks = sk;
-        if (curl_multi_assign(h->multi, s, sk) != CURLM_OK) {
-            httpc_sock_free(h, sk);
+        sk->next = s->socks;
+        if (s->socks)
+            s->socks->prev = sk;
+        s->socks = sk;
+        if (curl_multi_assign(s->multi, fd, sk) != CURLM_OK) {
+            httpc_sock_free(s, sk);
             return -1;
         }
     } else if (sk->added) {
@@ -380,7 +429,7 @@ static int httpc_sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, voi
         sk->added = 0;
     }
     short kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
-    if (event_assign(&sk->ev, h->base, s, kind, httpc_sock_event, h) != 0 || event_add(&sk->ev, NULL) != 0)
+    if (event_assign(&sk->ev, s->h->base, fd, kind, httpc_sock_event, s) != 0 || event_add(&sk->ev, NULL) != 0)
         return -1;
     sk->added = 1;
     return 0;
@@ -391,14 +440,14 @@ static int httpc_sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, voi
  * curl_multi_add_handle and friends). */
 static int httpc_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 {
-    httpc *h = userp;
+    struct httpc_shard *s = userp;
     (void)multi;
     if (timeout_ms < 0) {
-        evtimer_del(&h->timer_ev);
+        evtimer_del(&s->timer_ev);
         return 0;
     }
     struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    return evtimer_add(&h->timer_ev, &tv) == 0 ? 0 : -1;
+    return evtimer_add(&s->timer_ev, &tv) == 0 ? 0 : -1;
 }
 
 /* ---- easy handle callbacks (run inside curl: no user code here) ---- */
@@ -515,42 +564,103 @@ httpc *httpc_new(struct event_base *base, char *err, size_t errlen)
     h->magic = HTTPC_MAGIC;
     h->base = base;
     h->max_body = HTTPC_DEFAULT_MAX_BODY;
-    if (evtimer_assign(&h->timer_ev, base, httpc_timer_event, h) != 0 ||
-        event_assign(&h->done_ev, base, -1, 0, httpc_done_event, h) != 0) {
+    h->shard_fill = HTTPC_SHARD_FILL;
+    if (event_assign(&h->done_ev, base, -1, 0, httpc_done_event, h) != 0) {
         httpc_seterr(err, errlen, "httpc_new: setting up the libevent events failed");
         free(h);
         return NULL;
     }
-    /* libcurl and the multi handle come with the first transfer (curlfn.h) */
+    /* libcurl and the multi handles come with the first transfer (curlfn.h) */
     return h;
 }
 
-/* Load libcurl and make the multi handle, once, on the first transfer. */
-static int httpc_ensure_multi(httpc *h, char *err, size_t errlen)
+/* Close shard S: its idle connections, its sockets and its timer. */
+static void shard_free(struct httpc_shard *s)
 {
-    if (h->multi)
-        return 0;
+    s->h->shard[s->index] = NULL;
+    if (s->multi)
+        curl_multi_cleanup(s->multi); /* may still report sockets through httpc_sock_cb */
+    evtimer_del(&s->timer_ev);
+    while (s->socks)
+        httpc_sock_free(s, s->socks);
+    free(s);
+}
+
+/* A shard other than 0 goes once its last transfer is out; never inside a
+ * curl call (callers: after curl_multi_socket_action, and after a cancel). */
+static void shard_retire_if_idle(struct httpc_shard *s)
+{
+    if (s->index != 0 && s->running == 0 && !s->h->freeing)
+        shard_free(s);
+}
+
+/* Make shard I (loading libcurl on the very first). */
+static struct httpc_shard *shard_new(httpc *h, int i, char *err, size_t errlen)
+{
     if (curlfn_load(err, errlen) != 0)
-        return -1;
-    h->multi = curl_multi_init();
-    if (!h->multi) {
-        httpc_seterr(err, errlen, "httpc: curl_multi_init failed (out of memory)");
-        return -1;
+        return NULL;
+    struct httpc_shard *s = calloc(1, sizeof *s);
+    if (!s) {
+        httpc_seterr(err, errlen, "httpc: out of memory making a curl multi handle");
+        return NULL;
     }
-    if (curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, httpc_sock_cb) != CURLM_OK ||
-        curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h) != CURLM_OK ||
-        curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, httpc_timer_cb) != CURLM_OK ||
-        curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h) != CURLM_OK ||
+    s->h = h;
+    s->index = i;
+    s->multi = curl_multi_init();
+    if (!s->multi) {
+        httpc_seterr(err, errlen, "httpc: curl_multi_init failed (out of memory)");
+        free(s);
+        return NULL;
+    }
+    if (evtimer_assign(&s->timer_ev, h->base, httpc_timer_event, s) != 0 ||
+        curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, httpc_sock_cb) != CURLM_OK ||
+        curl_multi_setopt(s->multi, CURLMOPT_SOCKETDATA, s) != CURLM_OK ||
+        curl_multi_setopt(s->multi, CURLMOPT_TIMERFUNCTION, httpc_timer_cb) != CURLM_OK ||
+        curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s) != CURLM_OK ||
         /* idle connections kept for reuse are bounded; open ones are not (5,000
          * conversations waiting on a slow model each hold one; kokod raises its
          * file limit at start) */
-        curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, 128L) != CURLM_OK) {
+        curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS,
+                          i == 0 ? HTTPC_MAXCONNECTS_FIRST : HTTPC_MAXCONNECTS_OTHER) != CURLM_OK) {
         httpc_seterr(err, errlen, "httpc: setting up the curl multi handle on libevent failed");
-        curl_multi_cleanup(h->multi);
-        h->multi = NULL;
-        return -1;
+        curl_multi_cleanup(s->multi);
+        free(s);
+        return NULL;
     }
-    return 0;
+    h->shard[i] = s;
+    return s;
+}
+
+/* The shard for the next transfer: the first with room, opening one where a
+ * slot is free; when all are full, the least busy. */
+static struct httpc_shard *shard_pick(httpc *h, char *err, size_t errlen)
+{
+    struct httpc_shard *best = NULL;
+    for (int i = 0; i < HTTPC_MAX_SHARDS; i++) {
+        struct httpc_shard *s = h->shard[i];
+        if (!s)
+            return shard_new(h, i, err, errlen);
+        if (s->running < h->shard_fill)
+            return s;
+        if (!best || s->running < best->running)
+            best = s;
+    }
+    return best;
+}
+
+void httpc_set_shard_fill(httpc *h, size_t fill)
+{
+    if (h && h->magic == HTTPC_MAGIC)
+        h->shard_fill = fill ? fill : HTTPC_SHARD_FILL;
+}
+
+size_t httpc_shard_count(const httpc *h)
+{
+    size_t n = 0;
+    if (h && h->magic == HTTPC_MAGIC)
+        for (int i = 0; i < HTTPC_MAX_SHARDS; i++)
+            n += h->shard[i] != NULL;
+    return n;
 }
 
 void httpc_set_max_body(httpc *h, size_t bytes)
@@ -620,19 +730,23 @@ httpc_xfer *httpc_submit(httpc *h, CURL *easy, struct curl_slist *headers, void 
         xfer_queue(x);
         return x;
     }
-    if (httpc_ensure_multi(h, lerr, sizeof lerr) != 0) {
+    struct httpc_shard *s = shard_pick(h, lerr, sizeof lerr);
+    if (!s) {
         x->curl_code = CURLE_FAILED_INIT;
         xfer_error(x, "%s", lerr);
         xfer_queue(x);
         return x;
     }
-    CURLMcode mc = curl_multi_add_handle(h->multi, easy);
+    CURLMcode mc = curl_multi_add_handle(s->multi, easy);
     if (mc != CURLM_OK) {
         x->curl_code = CURLE_FAILED_INIT;
         xfer_error(x, "httpc: submit: curl refused the handle: %s", curl_multi_strerror(mc));
         xfer_queue(x);
+        shard_retire_if_idle(s);
         return x;
     }
+    x->shard = s;
+    s->running++;
     x->in_multi = 1;
     return x;
 }
@@ -643,12 +757,13 @@ static int xfer_cancel(httpc_xfer *x)
     if (x->state == XFER_DELIVERING || x->cancelled)
         return 0;
     if (x->state == XFER_RUNNING) {
-        if (x->in_multi) {
-            curl_multi_remove_handle(x->h->multi, x->easy);
-            x->in_multi = 0;
-        }
+        struct httpc_shard *s = x->in_multi ? x->shard : NULL;
+        xfer_remove(x);
         xfer_mark_cancelled(x);
+        xfer_release_easy(x);
         xfer_queue(x);
+        if (s)
+            shard_retire_if_idle(s);
     } else {
         xfer_mark_cancelled(x); /* already queued: only the result changes */
     }
@@ -694,11 +809,9 @@ static void httpc_free_now(httpc *h)
     while ((x = xfer_dequeue(h)))
         xfer_deliver(h, x);
     event_del(&h->done_ev);
-    if (h->multi)
-        curl_multi_cleanup(h->multi); /* may still report sockets through httpc_sock_cb */
-    evtimer_del(&h->timer_ev);
-    while (h->socks)
-        httpc_sock_free(h, h->socks);
+    for (int i = 0; i < HTTPC_MAX_SHARDS; i++)
+        if (h->shard[i])
+            shard_free(h->shard[i]);
     h->magic = 0;
     free(h);
 }

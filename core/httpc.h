@@ -27,7 +27,7 @@
 extern "C" {
 #endif
 
-typedef struct httpc httpc;           /* one per event_base: a curl multi handle */
+typedef struct httpc httpc;           /* one per event_base: curl multi handles (shards) */
 typedef struct httpc_xfer httpc_xfer; /* one outstanding transfer */
 
 #define HTTPC_DEFAULT_MAX_BODY ((size_t)16 * 1024 * 1024)
@@ -71,8 +71,9 @@ httpc *httpc_new(struct event_base *base, char *err, size_t errlen);
 /*
  * Start EASY on the loop. httpc TAKES OWNERSHIP of EASY and of HEADERS (the
  * request header list, may be NULL; httpc sets it as CURLOPT_HTTPHEADER) and
- * frees both right after CB has run. The caller sets everything else (URL,
- * method, body, timeouts) before submitting and must not touch EASY after.
+ * frees both as soon as the transfer is over, before CB runs. The caller sets
+ * everything else (URL, method, body, timeouts) before submitting and must
+ * not touch EASY after.
  * httpc sets, and so owns, CURLOPT_WRITEFUNCTION/WRITEDATA,
  * CURLOPT_HEADERFUNCTION/HEADERDATA, CURLOPT_PRIVATE, CURLOPT_ERRORBUFFER,
  * CURLOPT_NOSIGNAL. An easy handle must be submitted once only.
@@ -107,6 +108,21 @@ size_t httpc_pending(const httpc *h, const void *owner);
 /* Response bodies larger than BYTES fail with "response body larger than
  * BYTES bytes". 0 restores HTTPC_DEFAULT_MAX_BODY. Applies to new transfers. */
 void httpc_set_max_body(httpc *h, size_t bytes);
+
+/*
+ * Shards. libcurl 7.88 (Debian 12) walks every connection to a host when a
+ * transfer starts and, past CURLMOPT_MAXCONNECTS open ones, whenever one ends:
+ * quadratic with thousands of calls waiting on a slow model. So httpc runs
+ * transfers in up to 32 curl multi handles, the first with room taking the
+ * next transfer: FILL transfers each (0 restores the default, 512), so a quiet
+ * daemon uses one and reuses its connections. A shard other than the first is
+ * closed, with its idle connections, when its last transfer ends. Applies to
+ * new transfers.
+ */
+void httpc_set_shard_fill(httpc *h, size_t fill);
+
+/* Multi handles open now (0 before the first transfer; for tests and /health). */
+size_t httpc_shard_count(const httpc *h);
 
 /*
  * Cancel everything still pending and free the client. The callbacks of all

@@ -404,6 +404,66 @@ START_TEST(test_many_concurrent)
 }
 END_TEST
 
+/* Shards of 4: ten slow transfers open three multi handles; cancelling the
+ * third shard's two closes it at once, the second closes with its last
+ * answer, the first stays (and serves the next transfer). */
+START_TEST(test_shards)
+{
+    static rec c[10];
+    memset(c, 0, sizeof c);
+    httpc_xfer *x[10];
+    httpc_set_shard_fill(g_h, 4);
+    ck_assert_uint_eq(httpc_shard_count(g_h), 0);
+    for (int i = 0; i < 10; i++)
+        ck_assert_ptr_nonnull(x[i] = submit(easy_for("/slow"), NULL, NULL, rec_cb, &c[i]));
+    ck_assert_uint_eq(httpc_shard_count(g_h), 3);
+    run_for(200); /* all ten are at the server now */
+    ck_assert_int_eq(g_done, 0);
+    httpc_cancel(x[8]);
+    ck_assert_uint_eq(httpc_shard_count(g_h), 3);
+    httpc_cancel(x[9]);
+    ck_assert_uint_eq(httpc_shard_count(g_h), 2);
+    run_until(10, 10000);
+    run_for(50);
+    for (int i = 0; i < 10; i++) {
+        ck_assert_int_eq(c[i].calls, 1);
+        ck_assert_int_eq(c[i].ran_in_submit, 0);
+        ck_assert_int_eq(c[i].cancelled, i >= 8);
+        if (i < 8) {
+            ck_assert_int_eq(c[i].curl_code, CURLE_OK);
+            ck_assert_str_eq(c[i].body, "slow");
+        }
+    }
+    ck_assert_uint_eq(httpc_shard_count(g_h), 1);
+    rec j = {0};
+    ck_assert_ptr_nonnull(submit(easy_for("/json"), NULL, NULL, rec_cb, &j));
+    ck_assert_uint_eq(httpc_shard_count(g_h), 1);
+    run_until(11, 5000);
+    ck_assert_int_eq(j.status, 200);
+    ck_assert_uint_eq(httpc_pending(g_h, NULL), 0);
+}
+END_TEST
+
+/* Freeing the client with transfers in three shards: every callback runs
+ * (cancelled), and nothing leaks (the sanitizer build). */
+START_TEST(test_free_with_shards)
+{
+    static rec c[9];
+    memset(c, 0, sizeof c);
+    httpc_set_shard_fill(g_h, 3);
+    for (int i = 0; i < 9; i++)
+        ck_assert_ptr_nonnull(submit(easy_for("/slow"), NULL, NULL, rec_cb, &c[i]));
+    ck_assert_uint_eq(httpc_shard_count(g_h), 3);
+    run_for(100);
+    httpc_free(g_h);
+    g_h = NULL;
+    for (int i = 0; i < 9; i++) {
+        ck_assert_int_eq(c[i].calls, 1);
+        ck_assert_int_eq(c[i].cancelled, 1);
+    }
+}
+END_TEST
+
 START_TEST(test_cancel_before_run)
 {
     rec c = {0};
@@ -692,6 +752,8 @@ static Suite *httpc_suite(void)
     tcase_add_test(tc, test_body_limit);
     tcase_add_test(tc, test_refused);
     tcase_add_test(tc, test_many_concurrent);
+    tcase_add_test(tc, test_shards);
+    tcase_add_test(tc, test_free_with_shards);
     tcase_add_test(tc, test_cancel_before_run);
     tcase_add_test(tc, test_cancel_in_flight);
     tcase_add_test(tc, test_cancel_when_queued);

@@ -126,7 +126,8 @@ struct koko_host {
     /*
      * Run the libcurl easy handle EASY on the loop. The host TAKES OWNERSHIP of
      * EASY and of HEADERS (the request header list, may be NULL: the host sets
-     * it on the handle) and frees both after DONE has run. The host sets the
+     * it on the handle) and frees both when the transfer is over, before DONE
+     * runs (so what the handle's own callbacks use may be freed in DONE). The host sets the
      * write/header callbacks itself; everything else (URL, method, body,
      * timeouts) is the plugin's. DONE runs exactly once, later — also on
      * error, timeout and cancellation. Returns a handle valid until DONE runs,
