@@ -146,6 +146,7 @@ static void chat_common(kokod *kd, koko_request *r, const char *tenant_key, cons
                              json_is_string(jct) ? why : "must be a string such as \"chatwoot:17\"");
         goto out;
     }
+    server_req_shed(r); /* the answer may take the model's while: keep only what the reply needs */
     chat_ctx *c = xcalloc(1, sizeof *c);
     c->r = r;
     c->legacy = legacy;

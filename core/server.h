@@ -48,6 +48,10 @@ const char *server_req_method(koko_request *r);
 const char *server_req_header(koko_request *r, const char *name);
 const char *server_req_body(koko_request *r, size_t *len);
 const char *server_req_peer(koko_request *r);
+/* R is read: drop its body copy and the request headers a reply does not need
+ * (all but Connection and Proxy-Connection), for a request that then waits long
+ * (a model's answer), thousands at once. server_req_body/_header see none after. */
+void server_req_shed(koko_request *r);
 void server_respond(koko_request *r, int status, const char *json_body);
 /* Answer with a JSON document (stolen) and free R. */
 void server_respond_json(koko_request *r, int status, json_t *doc);
