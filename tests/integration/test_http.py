@@ -1,7 +1,7 @@
 """
 test_http.py — kokod's HTTP API end to end: /health, errors (404, 405, 401,
 413, 400), /api/chat answered by the fallback backend in Hungarian and
-English, /query's legacy shape, /projects, /stats, /metrics, conversation
+English, keep-alive and close as the client asked (HTTP/1.0 and 1.1), /query's legacy shape, /projects, /stats, /metrics, conversation
 language carry-over, and the refusal to listen on 0.0.0.0 without a token.
 """
 import json
@@ -179,6 +179,57 @@ class HttpApi(KokoTestCase):
         self.assertEqual(doc["sources"][0]["file"], "kb/demo/pricing.en.md")
         self.assertIn("9,900", doc["reply"])
         self.assertIn("Source", doc["reply"])
+
+    def raw_chat(self, sock, version, connection):
+        """One POST /api/chat on SOCK with HTTP/VERSION and a Connection header
+        (None: none); returns (status line, headers dict, body) or None when
+        the server had closed the connection."""
+        body = json.dumps({"tenant": "demo", "message": EN_QUESTION}).encode()
+        head = "POST /api/chat HTTP/%s\r\nHost: x\r\nContent-Type: application/json\r\n" % version
+        head += "Content-Length: %d\r\nX-Extra: %s\r\n" % (len(body), "x" * 200)
+        if connection:
+            head += "Connection: %s\r\n" % connection
+        try:
+            sock.sendall(head.encode() + b"\r\n" + body)
+        except OSError:
+            return None
+        f = sock.makefile("rb")
+        status = f.readline().decode()
+        if not status:
+            return None
+        headers = {}
+        while True:
+            line = f.readline().decode().strip()
+            if not line:
+                break
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+        # HTTP/1.0 without keep-alive: the body ends where the connection does
+        data = f.read(int(headers["content-length"])) if "content-length" in headers else f.read()
+        try:
+            return status, headers, json.loads(data)
+        except ValueError:
+            self.fail("not a JSON answer: %r %r %r" % (status, headers, data))
+
+    def test_chat_keep_alive_after_the_request_is_shed(self):
+        # /api/chat drops its request headers while the model answers (all but
+        # Connection): keep-alive and close must still work as the client asked
+        import socket
+        for version, connection, stays_open in (("1.1", None, True), ("1.0", "keep-alive", True),
+                                                ("1.1", "close", False), ("1.0", None, False)):
+            with socket.create_connection((self.k.host, self.k.port), timeout=10) as sock:
+                first = self.raw_chat(sock, version, connection)
+                self.assertIsNotNone(first, (version, connection))
+                self.assertIn(" 200 ", first[0], (version, connection, first))
+                self.check_answer(first[2], "en", "en")
+                if connection == "keep-alive":
+                    self.assertEqual(first[1].get("connection", "").lower(), "keep-alive", first[1])
+                second = self.raw_chat(sock, version, connection)
+                if stays_open:
+                    self.assertIsNotNone(second, "kokod closed a %s connection (%s)" % (version, connection))
+                    self.assertIn(" 200 ", second[0], second)
+                else:
+                    self.assertIsNone(second, "kokod kept a %s connection open (%s)" % (version, connection))
 
     def test_chat_complaint_route_hands_off(self):
         doc = self.k.chat("demo", "I want a refund for the broken washing machine")
