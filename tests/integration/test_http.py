@@ -314,6 +314,15 @@ class HttpApi(KokoTestCase):
         self.assertJsonError(st, doc, 400, r"conversation_id")
 
 
+    def test_many_conversations(self):
+        # past 1,024 conversations the in-memory table doubles (rehashing every
+        # chain): the early ones still carry their language (run under ASan too)
+        for i in range(1100):
+            self.k.chat("demo", HU_QUESTION if i % 2 else EN_QUESTION, conversation_id="many-%d" % i)
+        for i in range(0, 40, 3):
+            doc = self.k.chat("demo", "Szia!", conversation_id="many-%d" % i)
+            self.assertEqual(doc["language"], "hu" if i % 2 else "en", (i, doc))
+
 class BearerToken(KokoTestCase):
     TOKEN = "s3cret-token-for-tests"
 
