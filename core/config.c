@@ -68,6 +68,8 @@ static const sc_field f_server[] = {
      .doc = "largest request body in bytes"},
     {.key = "drain_timeout_ms", .type = SC_INT, .flags = SC_RANGE, .min = 0, .max = 600000,
      .doc = "how long a stop or reload waits for in-flight work"},
+    {.key = "backend_timeout_ms", .type = SC_INT, .flags = SC_RANGE, .min = 100, .max = 600000,
+     .doc = "how long one backend of a tenant's llm chain may take before the next one answers"},
     {0},
 };
 
@@ -443,6 +445,8 @@ core_config *config_load(const char *file, const char *const *extra, size_t next
     c->max_body = mb ? (size_t)json_integer_value(mb) : CONFIG_DEFAULT_MAX_BODY;
     const json_t *dm = json_object_get(server, "drain_timeout_ms");
     c->drain_ms = dm ? (unsigned)json_integer_value(dm) : CONFIG_DEFAULT_DRAIN_MS;
+    const json_t *bt = json_object_get(server, "backend_timeout_ms");
+    c->backend_timeout_ms = bt ? (unsigned)json_integer_value(bt) : CONFIG_DEFAULT_BACKEND_TIMEOUT_MS;
     c->state_dir = util_path_join(c->base_dir, str_or(json_object_get(root, "state"), "dir", CONFIG_DEFAULT_STATE_DIR));
     const json_t *state = json_object_get(root, "state");
     const char *redis = str_or(state, "redis", NULL);

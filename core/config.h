@@ -23,6 +23,7 @@
 #define CONFIG_DEFAULT_STATE_DIR "var"
 #define CONFIG_DEFAULT_MAX_BODY (1024 * 1024)
 #define CONFIG_DEFAULT_DRAIN_MS 10000
+#define CONFIG_DEFAULT_BACKEND_TIMEOUT_MS 60000
 #define CONFIG_DEFAULT_LEASE_MS 60000
 #define CONFIG_DEFAULT_MAX_ATTEMPTS 5
 
@@ -53,6 +54,7 @@ typedef struct core_config {
     char *api_token;     /* NULL: no bearer token required (loopback only) */
     size_t max_body;
     unsigned drain_ms;
+    unsigned backend_timeout_ms; /* server.backend_timeout_ms: one backend's share of a message */
     char *state_dir;     /* resolved against base_dir */
     char *state_redis;   /* state.redis URL, NULL: the embedded store in state_dir */
     char *state_password_env;

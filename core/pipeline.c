@@ -33,7 +33,6 @@
 /* Typing shows only for answers slower than this: a quick answer needs no
  * indicator, and two REST calls fewer per message. */
 #define TYPING_DELAY_MS 300
-#define STEP_DEADLINE_MS 60000
 #define CONV_CAP 100000
 #define DEDUP_TTL_MS (24LL * 3600 * 1000)
 #define REPLY_TTL_MS (7LL * 24 * 3600 * 1000)
@@ -126,6 +125,9 @@ struct pipeline {
     char *fresh[FRESH_RING];
     size_t fresh_next;
     int closing;  /* pipeline_stop() ran: store callbacks only free */
+    /* jobs waiting on a backend, oldest deadline first, and the timer for the head */
+    struct job *dl_head, *dl_tail;
+    struct event *dl_ev;
 };
 
 static size_t conv_bucket(const pipeline *p, const char *key)
@@ -579,7 +581,12 @@ typedef struct job {
     json_t *attempts;   /* [{"backend","error"}]; NULL until a backend fails */
     int calls;          /* generate calls not yet called back */
     int finished;
-    struct event *deadline;
+    /* the step's deadline (server.backend_timeout_ms): the jobs waiting on a
+     * backend are one list in deadline order under a single timer (pipeline.dl_*),
+     * not an event each (thousands may wait on a slow model at once) */
+    double dl_at;                 /* util_now_ms_f() at which it expires */
+    int dl_armed;                 /* in the pipeline's deadline list */
+    struct job *dl_prev, *dl_next;
     double started;
     chat_fn done;
     void *arg;
@@ -603,6 +610,80 @@ typedef struct step_call {
     koko_llm_request req; /* borrowed by the backend until it calls back (what it points to lives in J) */
 } step_call;
 
+/* ---- step deadlines: one FIFO and one timer ---- */
+
+static void deadline_disarm(job *j)
+{
+    if (!j->dl_armed)
+        return;
+    pipeline *p = j->p;
+    if (j->dl_prev)
+        j->dl_prev->dl_next = j->dl_next;
+    else
+        p->dl_head = j->dl_next;
+    if (j->dl_next)
+        j->dl_next->dl_prev = j->dl_prev;
+    else
+        p->dl_tail = j->dl_prev;
+    j->dl_prev = j->dl_next = NULL;
+    j->dl_armed = 0;
+    /* the timer may now fire for a later head: it re-arms itself then */
+}
+
+static void deadline_schedule(pipeline *p)
+{
+    if (!p->dl_head || !p->dl_ev)
+        return;
+    double ms = p->dl_head->dl_at - util_now_ms_f();
+    if (ms < 0)
+        ms = 0;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((long)ms % 1000) * 1000};
+    evtimer_add(p->dl_ev, &tv);
+}
+
+static void on_deadline(job *j);
+
+static void on_deadlines(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pipeline *p = arg;
+    double now = util_now_ms_f();
+    /* a job re-armed by its own expiry goes to the tail with a later deadline */
+    while (p->dl_head && p->dl_head->dl_at <= now) {
+        job *j = p->dl_head;
+        deadline_disarm(j);
+        on_deadline(j);
+    }
+    deadline_schedule(p);
+}
+
+/* J's step has server.backend_timeout_ms from now. Every job of a generation
+ * waits as long, so its place is the tail; only after a reload that changed
+ * the timeout does it walk back past jobs of the old one. */
+static void deadline_arm(job *j)
+{
+    pipeline *p = j->p;
+    deadline_disarm(j);
+    j->dl_at = util_now_ms_f() + j->g->cfg->backend_timeout_ms;
+    job *after = p->dl_tail;
+    while (after && after->dl_at > j->dl_at)
+        after = after->dl_prev;
+    j->dl_prev = after;
+    j->dl_next = after ? after->dl_next : p->dl_head;
+    if (j->dl_next)
+        j->dl_next->dl_prev = j;
+    else
+        p->dl_tail = j;
+    if (after)
+        after->dl_next = j;
+    else
+        p->dl_head = j;
+    j->dl_armed = 1;
+    if (p->dl_head == j)
+        deadline_schedule(p);
+}
+
 static void job_free(job *j)
 {
     j->magic = 0;
@@ -616,8 +697,7 @@ static void job_free(job *j)
         free((char *)j->history[i].text);
     free(j->history);
     json_decref(j->attempts);
-    if (j->deadline)
-        event_free(j->deadline);
+    deadline_disarm(j);
     j->p->inflight--;
     gen_release(j->g);
     free(j);
@@ -784,8 +864,7 @@ static void finish(job *j, const koko_llm_result *res, const char *backend)
 {
     kokod *kd = j->p->kd;
     j->finished = 1;
-    if (j->deadline)
-        event_del(j->deadline);
+    deadline_disarm(j);
     const char *holding_dflt = strcmp(j->language, "hu") == 0
                                    ? "Köszönöm a kérdését, kollégánk hamarosan válaszol."
                                    : "Thank you for your question, a colleague will reply shortly.";
@@ -904,8 +983,7 @@ static void on_generated(const koko_llm_result *res, void *arg)
         job_maybe_free(j);
         return;
     }
-    if (j->deadline)
-        event_del(j->deadline);
+    deadline_disarm(j);
     koko_instance *inst = j->chain[step];
     if (res->status == KOKO_OK) {
         finish(j, res, inst->desc->name);
@@ -918,13 +996,11 @@ static void on_generated(const koko_llm_result *res, void *arg)
     run_step(j);
 }
 
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
+static void on_deadline(job *j)
 {
-    (void)fd;
-    (void)what;
-    job *j = arg;
     koko_instance *inst = j->chain[j->step];
-    log_warn(inst->prefix, "no answer within %d ms; trying the next backend", STEP_DEADLINE_MS);
+    log_warn(inst->prefix, "no answer within %u ms (server.backend_timeout_ms); trying the next backend",
+             j->g->cfg->backend_timeout_ms);
     job_attempt_failed(j, inst, "no answer within the core's deadline");
     j->step++;
     run_step(j);
@@ -994,10 +1070,7 @@ static void run_step(job *j)
     sc->j = j;
     sc->step = j->step;
     j->calls++;
-    struct timeval tv = {STEP_DEADLINE_MS / 1000, 0};
-    if (!j->deadline)
-        j->deadline = evtimer_new(j->p->kd->base, on_deadline, j);
-    evtimer_add(j->deadline, &tv);
+    deadline_arm(j);
     ops->generate(inst->state, &sc->req, on_generated, sc);
 }
 
@@ -2364,6 +2437,7 @@ pipeline *pipeline_new(kokod *kd)
     p->pump_ev = evtimer_new(kd->base, on_pump, p);
     p->renew_ev = evtimer_new(kd->base, on_renew, p);
     p->spool_ev = evtimer_new(kd->base, on_spool_tick, p);
+    p->dl_ev = evtimer_new(kd->base, on_deadlines, p);
     return p;
 }
 
@@ -2410,6 +2484,8 @@ void pipeline_free(pipeline *p)
             held_del(p, p->hbuckets[b]->id);
     for (size_t i = 0; i < FRESH_RING; i++)
         free(p->fresh[i]);
+    if (p->dl_ev)
+        event_free(p->dl_ev);
     free(p->buckets);
     free(p);
 }

@@ -27,6 +27,40 @@ def poll(fn, timeout=10.0, interval=0.02):
 
 
 class Lifecycle(KokoTestCase):
+    def test_backend_timeout_moves_on(self):
+        # server.backend_timeout_ms: echo answers after 1.5 s, the core waits 300 ms
+        # for it and then the fallback answers; three chats wait on one timer, and
+        # echo's late answers are dropped without harm
+        slow = demo_tenant(llm=["echo", "fallback"],
+                           backends={"echo": {"delay_ms": 1500, "confidence": 0.9},
+                                     "fallback": {"min_score": 1.0, "min_coverage": 0.45}})
+        k = self.started(tenants={"demo": slow}, server={"backend_timeout_ms": 300})
+        answers = []
+
+        def ask(q):
+            answers.append(k.chat("demo", q, language="en"))
+
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=ask, args=(q,)) for q in
+                   ("When do you open?", "How much is the call-out fee in Budapest?", "Do you repair dryers?")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=20)
+        took = time.monotonic() - t0
+        self.assertEqual(len(answers), 3, k.log())
+        for a in answers:
+            self.assertEqual(a["backend"], "fallback", a)
+            self.assertEqual([x["backend"] for x in a["attempts"]], ["echo"], a)
+            self.assertIn("deadline", a["attempts"][0]["error"], a)
+        self.assertGreaterEqual(took, 0.28)
+        self.assertLess(took, 1.4, "the fallback answered only after echo would have")
+        self.assertIn("no answer within 300 ms (server.backend_timeout_ms)", k.log())
+        time.sleep(1.6)  # echo's answers arrive for jobs that moved on
+        self.assertEqual(k.health()["status"], "ok")
+        a = k.chat("demo", "When do you open?", language="en")
+        self.assertEqual(a["backend"], "fallback", a)
+
     def test_sigterm_waits_for_inflight_request(self):
         k = self.started(tenants={"demo": demo_tenant(), "slow": echo_tenant(delay_ms=1500)})
         result = {}
