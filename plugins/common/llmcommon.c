@@ -465,8 +465,8 @@ typedef enum call_state {
 
 struct llm_call {
     llm_client *cl;
-    char *method, *url, *what;
-    char **headers;
+    const char *method, *url, *what; /* the client's interned strings or in the call's allocation */
+    const char **headers;
     char *body;
     uint64_t tokens;
     llm_call_fn done;
@@ -481,6 +481,9 @@ struct llm_call {
     llm_call *prev, *next;
 };
 
+#define LLM_INTERN_MAX 32
+#define LLM_INTERN_LONGEST 512
+
 struct llm_client {
     const koko_host *host;
     koko_instance *inst;
@@ -492,7 +495,25 @@ struct llm_client {
     int stopping;
     void (*idle)(void *);
     void *idle_arg;
+    /* strings calls repeat (the model's URL, the key and type headers, labels),
+     * kept once here for the client's life instead of in every call */
+    char *interned[LLM_INTERN_MAX];
+    size_t n_interned;
 };
+
+/* S as a string the client keeps (NULL when S is NULL, long, or the table is full:
+ * the call then keeps its own copy). */
+static const char *intern(llm_client *cl, const char *s)
+{
+    if (!s || strlen(s) > LLM_INTERN_LONGEST)
+        return NULL;
+    for (size_t i = 0; i < cl->n_interned; i++)
+        if (strcmp(cl->interned[i], s) == 0)
+            return cl->interned[i];
+    if (cl->n_interned == LLM_INTERN_MAX)
+        return NULL;
+    return cl->interned[cl->n_interned++] = llm_strdup(s);
+}
 
 llm_client *llm_client_new(const koko_host *host, koko_instance *inst, const llm_common_cfg *cfg, const char *who,
                            void (*idle)(void *), void *idle_arg)
@@ -538,6 +559,8 @@ void llm_client_free(llm_client *cl)
         call_free(c);
     }
     rl_free(cl->limiter);
+    for (size_t i = 0; i < cl->n_interned; i++)
+        free(cl->interned[i]);
     free(cl->who);
     free(cl->cfg.ca_file);
     free(cl);
@@ -663,7 +686,7 @@ static void call_send(llm_call *c)
         goto oom;
     if (!(h = curl_slist_append(NULL, "Content-Type: application/json")))
         goto oom;
-    for (char **p = c->headers; p && *p; p++) {
+    for (const char **p = c->headers; p && *p; p++) {
         if (!(t = curl_slist_append(h, *p)))
             goto oom;
         h = t;
@@ -819,23 +842,28 @@ static char *str_keep(char **at, const char *s)
 static llm_call *call_new(llm_client *cl, const char *method, const char *url, const char *const *headers,
                           char *body, uint64_t tokens, const char *what, llm_call_fn done, void *arg)
 {
-    /* one allocation: the call, its header pointers, then its strings (thousands
-     * of calls wait at once on a slow model; seven allocations each were 0.5 MiB
-     * of malloc overhead across 5,000) */
-    size_t n = 0, strs = str_room(method) + str_room(url) + str_room(what);
-    while (headers && headers[n])
-        strs += str_room(headers[n++]);
+    /* one allocation: the call, its header pointers, then the strings the client
+     * does not keep already (thousands of calls wait at once on a slow model) */
+    const char *im = intern(cl, method), *iu = intern(cl, url), *iw = intern(cl, what);
+    size_t n = 0, strs = (im ? 0 : str_room(method)) + (iu ? 0 : str_room(url)) + (iw ? 0 : str_room(what));
+    while (headers && headers[n]) {
+        if (!intern(cl, headers[n]))
+            strs += str_room(headers[n]);
+        n++;
+    }
     size_t ptrs = sizeof(char *) * (n + 1);
     llm_call *c = calloc(1, sizeof *c + ptrs + strs);
     if (!c)
         abort();
-    c->headers = (char **)(void *)(c + 1);
+    c->headers = (const char **)(void *)(c + 1);
     char *at = (char *)c->headers + ptrs;
-    c->method = str_keep(&at, method);
-    c->url = str_keep(&at, url);
-    c->what = str_keep(&at, what);
-    for (size_t i = 0; i < n; i++)
-        c->headers[i] = str_keep(&at, headers[i]);
+    c->method = im ? im : str_keep(&at, method);
+    c->url = iu ? iu : str_keep(&at, url);
+    c->what = iw ? iw : str_keep(&at, what);
+    for (size_t i = 0; i < n; i++) {
+        const char *ih = intern(cl, headers[i]);
+        c->headers[i] = ih ? ih : str_keep(&at, headers[i]);
+    }
     c->headers[n] = NULL;
     c->cl = cl;
     c->body = body;
