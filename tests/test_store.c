@@ -362,6 +362,43 @@ END_TEST
 
 /* state.synchronous: which commits SQLite fsyncs. The health line counts the
  * commits by the level SQLite reports back (PRAGMA synchronous) for each. */
+/* A batch of results does not hold the loop: 300 finished reads are delivered
+ * at most 64 per turn, so an event activated by the first callback runs
+ * before the last result (kokod then sees its sockets between job starts). */
+static int breathe_results, breathe_probe_at = -1;
+static struct event *breathe_probe;
+
+static void on_breathe_probe(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    breathe_probe_at = breathe_results;
+}
+
+static void on_breathe_result(const store_result *r, void *arg)
+{
+    (void)arg;
+    ck_assert_int_eq(r->status, STORE_OK);
+    if (breathe_results++ == 0)
+        event_active(breathe_probe, EV_TIMEOUT, 0);
+}
+
+START_TEST(t_sqlite_results_per_turn)
+{
+    breathe_results = 0;
+    breathe_probe_at = -1;
+    breathe_probe = event_new(base, -1, 0, on_breathe_probe, NULL);
+    for (int i = 0; i < 300; i++)
+        ck_assert_int_eq(store_get(S, "t:breathe", on_breathe_result, NULL), 0);
+    usleep(300 * 1000); /* the worker answers all 300 meanwhile: they wait for the loop */
+    run_until(&breathe_results, 300, 10000);
+    ck_assert_int_gt(breathe_probe_at, 0);
+    ck_assert_int_lt(breathe_probe_at, 300);
+    event_free(breathe_probe);
+}
+END_TEST
+
 START_TEST(t_sqlite_synchronous)
 {
     static const struct {
@@ -1131,6 +1168,7 @@ static void add_common(Suite *su, void (*setup)(void))
     if (setup == setup_sqlite) {
         tcase_add_test(tc, t_sqlite_purge);
         tcase_add_test(tc, t_sqlite_synchronous);
+        tcase_add_test(tc, t_sqlite_results_per_turn);
         tcase_add_test(tc, t_open_errors);
     } else {
         tcase_add_test(tc, t_redis_hang);
