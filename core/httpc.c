@@ -14,7 +14,7 @@
  * transfer starts (looking for one to reuse) and, once more connections are
  * open than CURLMOPT_MAXCONNECTS, again whenever one ends (looking for the
  * oldest idle one to close). With 5,000 calls waiting on a slow model that is
- * 2 x 5,000^2 / 2 steps: a quarter of kokod's CPU time in `make bench-llm`.
+ * 2 x 5,000^2 / 2 steps: ~14 % of kokod's CPU samples in `make bench-llm`.
  * So transfers go to up to HTTPC_MAX_SHARDS multi handles, each filled to
  * HTTPC_SHARD_FILL running transfers before the next one is opened: a quiet
  * daemon runs everything in shard 0 and reuses its connections; a burst
